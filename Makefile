@@ -1,0 +1,33 @@
+# Thin wrappers: each target creates .venv when missing. See README.md.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_ENABLE_TELEMETRY := false
+
+.PHONY: setup demo test test-fast lint clean-data
+
+$(BIN)/slidemil: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=/path/to/python3.11)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(BIN)/slidemil
+
+setup: $(BIN)/slidemil
+
+demo: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/ruff check src pipelines tests benchmarks
+	$(BIN)/pytest -q --timeout=1800
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src pipelines tests benchmarks

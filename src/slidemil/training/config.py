@@ -1,0 +1,34 @@
+"""Typed training settings (methods.md section A), built from params.yaml by the train stage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Paper defaults: Adam lr 2e-4, wd 1e-5, up to 200 epochs, early stopping on val loss with patience 20,
+    not before epoch 50, best-val-loss checkpoint, optional class-balanced sampling."""
+
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    max_epochs: int = 200
+    patience: int = 20
+    min_epochs: int = 50
+    balanced_sampling: bool = True
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    deterministic: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,100 @@
+"""Manifest validation (Great Expectations suite) on real slides and deliberately broken rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from slidemil.data.manifest import read_manifest
+from slidemil.data.validation import validate_manifest, write_report
+
+CLASSES = ["benign", "tumour"]
+
+
+def _write_manifest(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def real_slides(tmp_path: Path, slides_dir: Path) -> Path:
+    """Symlinks to the real slides beside the manifest (paths in the CSV are relative)."""
+    d = tmp_path / "slides"
+    d.mkdir()
+    for name in ("CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs"):
+        (d / name).symlink_to(slides_dir / name)
+    (d / "notes.svs").write_text("this is not a slide\n")
+    return d
+
+
+def test_good_manifest_passes(tmp_path, real_slides):
+    path = _write_manifest(tmp_path, [
+        {"slide_id": "cmu", "case_id": "p1", "path": "slides/CMU-1-Small-Region.svs", "label": "benign", "mpp": ""},
+        {"slide_id": "tcga", "case_id": "p2", "path": "slides/TCGA-CR-7395-01A-01-TS1.svs", "label": "tumour",
+         "mpp": 0.25},
+    ])
+    report = validate_manifest(read_manifest(path), CLASSES)
+    assert report.success, report.summary()
+    assert report.bad_rows.empty
+    assert len(report.expectations) >= 9
+
+
+def test_bad_manifest_names_every_bad_row(tmp_path, real_slides):
+    path = _write_manifest(tmp_path, [
+        {"slide_id": "cmu", "case_id": "p1", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"},
+        {"slide_id": "cmu", "case_id": "p2", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"},
+        {"slide_id": "odd_label", "case_id": "p3", "path": "slides/CMU-1-Small-Region.svs", "label": "cancer"},
+        {"slide_id": "missing", "case_id": "p4", "path": "slides/nope.svs", "label": "tumour"},
+        {"slide_id": "unreadable", "case_id": "p5", "path": "slides/notes.svs", "label": "tumour"},
+        {"slide_id": "no_mpp", "case_id": "p6", "path": "slides/TCGA-CR-7395-01A-01-TS1.svs", "label": "tumour"},
+        {"slide_id": "no_case", "case_id": "", "path": "slides/CMU-1-Small-Region.svs", "label": "tumour"},
+    ])
+    report = validate_manifest(read_manifest(path), CLASSES)
+    assert not report.success
+    reasons = dict(zip(report.bad_rows["row"], report.bad_rows["reasons"], strict=True))
+    # spreadsheet row numbers: header is line 1, first data row is 2
+    assert "duplicate slide_id" in reasons[2] and "duplicate slide_id" in reasons[3]
+    assert "label not in the declared classes" in reasons[4]
+    assert "file does not exist" in reasons[5]
+    assert "cannot be opened" in reasons[6] and "notes.svs" in reasons[6]
+    assert "no mpp" in reasons[7]
+    assert "empty case_id" in reasons[8]
+    assert set(reasons) == {2, 3, 4, 5, 6, 7, 8}
+    summary = report.summary()
+    for sid in ("odd_label", "missing", "unreadable", "no_mpp"):
+        assert sid in summary
+
+    write_report(report, tmp_path / "r.json", tmp_path / "r.html")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["success"] is False and len(saved["bad_rows"]) == 7
+    assert "unreadable" in (tmp_path / "r.html").read_text()
+
+
+def test_default_mpp_makes_mpp_known(tmp_path, real_slides):
+    path = _write_manifest(tmp_path, [
+        {"slide_id": "tcga", "case_id": "p1", "path": "slides/TCGA-CR-7395-01A-01-TS1.svs", "label": "tumour"},
+    ])
+    assert not validate_manifest(read_manifest(path), CLASSES).success
+    assert validate_manifest(read_manifest(path), CLASSES, default_mpp=0.25).success
+
+
+def test_missing_required_column(tmp_path, real_slides):
+    path = _write_manifest(tmp_path, [{"slide_id": "a", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"}])
+    report = validate_manifest(read_manifest(path), CLASSES)
+    assert not report.success and report.missing_columns == ["case_id"]
+    assert "case_id" in report.summary()
+
+
+def test_paths_resolve_relative_to_manifest(tmp_path, slides_dir):
+    sub = tmp_path / "project" / "tables"
+    sub.mkdir(parents=True)
+    shutil.copy(slides_dir / "CMU-1-Small-Region.svs", tmp_path / "project" / "cmu.svs")
+    path = _write_manifest(sub, [{"slide_id": "cmu", "case_id": "p", "path": "../cmu.svs", "label": "benign"}])
+    df = read_manifest(path)
+    assert Path(df.at[0, "abs_path"]) == (tmp_path / "project" / "cmu.svs").resolve()
+    assert validate_manifest(df, CLASSES).success
