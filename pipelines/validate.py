@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 from pipelines.common import load_params, project_path, setup_logging
-from slidemil.data.manifest import read_manifest
+from slidemil.data.manifest import read_manifest, write_manifest
 from slidemil.data.validation import validate_manifest, write_report
-from slidemil.utils.atomic import atomic_path
 
 
 def main() -> int:
@@ -22,8 +21,7 @@ def main() -> int:
     if not report.success:
         log.error("validation failed; report: %s", project_path(out["report_html"]))
         return 1
-    with atomic_path(project_path(out["manifest_out"])) as tmp:
-        df.to_csv(tmp, index=False)
+    write_manifest(df, project_path(out["manifest_out"]))
     log.info("validated manifest written to %s", out["manifest_out"])
     return 0
 

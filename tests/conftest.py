@@ -34,6 +34,7 @@ def small_demo(tmp_path_factory) -> Path:
     from slidemil.slides.synthetic import generate_demo_dataset
 
     out = tmp_path_factory.mktemp("small_demo")
-    generate_demo_dataset(out, n_cases=3, slides_per_case=2, width_um=900, height_um=700, seed=3, workers=1,
-                          progress=False)
+    generate_demo_dataset(
+        out, n_cases=3, slides_per_case=2, width_um=900, height_um=700, seed=3, workers=1, progress=False
+    )
     return out

@@ -52,7 +52,9 @@ def test_cmu_tiles_at_half_micron(tmp_path, slides_dir):
             direct = reader.read_at_mpp((x, y), (224, 224), 0.5)
             assert tile.shape == (224, 224, 3)
             region = reader.read_region((x, y), g.read_level, (g.read_px, g.read_px))
-            expected = cv2.resize(region, (224, 224), interpolation=cv2.INTER_AREA) if g.read_px != 224 else region
+            expected = (
+                cv2.resize(region, (224, 224), interpolation=cv2.INTER_AREA) if g.read_px != 224 else region
+            )
             np.testing.assert_array_equal(tile, expected)
             assert np.abs(tile.astype(int) - direct.astype(int)).mean() < 3.0
             # tissue tiles are not white glass
@@ -99,7 +101,9 @@ def test_skip_when_done_and_redo_when_settings_change(tmp_path, slides_dir):
 def test_multiscale_children_in_physical_units(slides_dir):
     with open_slide(slides_dir / "CMU-1-Small-Region.svs") as reader:
         seg = segment_tissue(reader, TISSUE)
-        tiles = plan_tiles(reader, seg, TilingParams(tile_px=128, target_mpp=0.5, multiscale_factor=4, min_tissue=0.25))
+        tiles = plan_tiles(
+            reader, seg, TilingParams(tile_px=128, target_mpp=0.5, multiscale_factor=4, min_tissue=0.25)
+        )
     ms = tiles.multiscale
     assert ms is not None and ms.children.shape[1] == 16 and len(ms.parent_coords) > 0
     child = tiles.geometry.level0_px
@@ -120,8 +124,9 @@ def test_same_physical_area_at_different_scan_resolutions(tmp_path):
     common = dict(case_id="c0", label="subtype_a", seed=11, tumour_fraction=0.1)
     paths = {}
     for mpp in (0.25, 0.5):
-        spec = SyntheticSlideSpec(slide_id=f"s{mpp}", width_px=int(1200 / mpp), height_px=int(900 / mpp), mpp=mpp,
-                                  **common)
+        spec = SyntheticSlideSpec(
+            slide_id=f"s{mpp}", width_px=int(1200 / mpp), height_px=int(900 / mpp), mpp=mpp, **common
+        )
         paths[mpp] = generate_slide(spec, tmp_path)
     footprints = {}
     for mpp, p in paths.items():

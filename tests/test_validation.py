@@ -33,11 +33,25 @@ def real_slides(tmp_path: Path, slides_dir: Path) -> Path:
 
 
 def test_good_manifest_passes(tmp_path, real_slides):
-    path = _write_manifest(tmp_path, [
-        {"slide_id": "cmu", "case_id": "p1", "path": "slides/CMU-1-Small-Region.svs", "label": "benign", "mpp": ""},
-        {"slide_id": "tcga", "case_id": "p2", "path": "slides/TCGA-CR-7395-01A-01-TS1.svs", "label": "tumour",
-         "mpp": 0.25},
-    ])
+    path = _write_manifest(
+        tmp_path,
+        [
+            {
+                "slide_id": "cmu",
+                "case_id": "p1",
+                "path": "slides/CMU-1-Small-Region.svs",
+                "label": "benign",
+                "mpp": "",
+            },
+            {
+                "slide_id": "tcga",
+                "case_id": "p2",
+                "path": "slides/TCGA-CR-7395-01A-01-TS1.svs",
+                "label": "tumour",
+                "mpp": 0.25,
+            },
+        ],
+    )
     report = validate_manifest(read_manifest(path), CLASSES)
     assert report.success, report.summary()
     assert report.bad_rows.empty
@@ -45,15 +59,33 @@ def test_good_manifest_passes(tmp_path, real_slides):
 
 
 def test_bad_manifest_names_every_bad_row(tmp_path, real_slides):
-    path = _write_manifest(tmp_path, [
-        {"slide_id": "cmu", "case_id": "p1", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"},
-        {"slide_id": "cmu", "case_id": "p2", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"},
-        {"slide_id": "odd_label", "case_id": "p3", "path": "slides/CMU-1-Small-Region.svs", "label": "cancer"},
-        {"slide_id": "missing", "case_id": "p4", "path": "slides/nope.svs", "label": "tumour"},
-        {"slide_id": "unreadable", "case_id": "p5", "path": "slides/notes.svs", "label": "tumour"},
-        {"slide_id": "no_mpp", "case_id": "p6", "path": "slides/TCGA-CR-7395-01A-01-TS1.svs", "label": "tumour"},
-        {"slide_id": "no_case", "case_id": "", "path": "slides/CMU-1-Small-Region.svs", "label": "tumour"},
-    ])
+    path = _write_manifest(
+        tmp_path,
+        [
+            {"slide_id": "cmu", "case_id": "p1", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"},
+            {"slide_id": "cmu", "case_id": "p2", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"},
+            {
+                "slide_id": "odd_label",
+                "case_id": "p3",
+                "path": "slides/CMU-1-Small-Region.svs",
+                "label": "cancer",
+            },
+            {"slide_id": "missing", "case_id": "p4", "path": "slides/nope.svs", "label": "tumour"},
+            {"slide_id": "unreadable", "case_id": "p5", "path": "slides/notes.svs", "label": "tumour"},
+            {
+                "slide_id": "no_mpp",
+                "case_id": "p6",
+                "path": "slides/TCGA-CR-7395-01A-01-TS1.svs",
+                "label": "tumour",
+            },
+            {
+                "slide_id": "no_case",
+                "case_id": "",
+                "path": "slides/CMU-1-Small-Region.svs",
+                "label": "tumour",
+            },
+        ],
+    )
     report = validate_manifest(read_manifest(path), CLASSES)
     assert not report.success
     reasons = dict(zip(report.bad_rows["row"], report.bad_rows["reasons"], strict=True))
@@ -76,15 +108,25 @@ def test_bad_manifest_names_every_bad_row(tmp_path, real_slides):
 
 
 def test_default_mpp_makes_mpp_known(tmp_path, real_slides):
-    path = _write_manifest(tmp_path, [
-        {"slide_id": "tcga", "case_id": "p1", "path": "slides/TCGA-CR-7395-01A-01-TS1.svs", "label": "tumour"},
-    ])
+    path = _write_manifest(
+        tmp_path,
+        [
+            {
+                "slide_id": "tcga",
+                "case_id": "p1",
+                "path": "slides/TCGA-CR-7395-01A-01-TS1.svs",
+                "label": "tumour",
+            },
+        ],
+    )
     assert not validate_manifest(read_manifest(path), CLASSES).success
     assert validate_manifest(read_manifest(path), CLASSES, default_mpp=0.25).success
 
 
 def test_missing_required_column(tmp_path, real_slides):
-    path = _write_manifest(tmp_path, [{"slide_id": "a", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"}])
+    path = _write_manifest(
+        tmp_path, [{"slide_id": "a", "path": "slides/CMU-1-Small-Region.svs", "label": "benign"}]
+    )
     report = validate_manifest(read_manifest(path), CLASSES)
     assert not report.success and report.missing_columns == ["case_id"]
     assert "case_id" in report.summary()
@@ -94,7 +136,34 @@ def test_paths_resolve_relative_to_manifest(tmp_path, slides_dir):
     sub = tmp_path / "project" / "tables"
     sub.mkdir(parents=True)
     shutil.copy(slides_dir / "CMU-1-Small-Region.svs", tmp_path / "project" / "cmu.svs")
-    path = _write_manifest(sub, [{"slide_id": "cmu", "case_id": "p", "path": "../cmu.svs", "label": "benign"}])
+    path = _write_manifest(
+        sub, [{"slide_id": "cmu", "case_id": "p", "path": "../cmu.svs", "label": "benign"}]
+    )
     df = read_manifest(path)
     assert Path(df.at[0, "abs_path"]) == (tmp_path / "project" / "cmu.svs").resolve()
     assert validate_manifest(df, CLASSES).success
+
+
+def test_written_manifest_resolves_to_the_same_files(tmp_path, slides_dir):
+    from slidemil.data.manifest import write_manifest
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "m_mask.png").write_bytes(b"x")
+    src = _write_manifest(
+        tmp_path / "a",
+        [
+            {
+                "slide_id": "cmu",
+                "case_id": "p",
+                "label": "benign",
+                "path": str(slides_dir / "CMU-1-Small-Region.svs"),
+                "tumour_mask": "m_mask.png",
+            }
+        ],
+    )
+    df = read_manifest(src)
+    write_manifest(df, tmp_path / "b" / "c" / "validated.csv")
+    again = read_manifest(tmp_path / "b" / "c" / "validated.csv")
+    assert again.at[0, "abs_path"] == df.at[0, "abs_path"]
+    assert again.at[0, "abs_tumour_mask"] == str((tmp_path / "a" / "m_mask.png").resolve())
+    assert "abs_path" not in pd.read_csv(tmp_path / "b" / "c" / "validated.csv").columns

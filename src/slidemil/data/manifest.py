@@ -5,11 +5,14 @@ Paths are resolved relative to the manifest's own folder so a project can move w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("slide_id", "case_id", "path", "label")
+#: columns holding file paths relative to the manifest (besides ``path``): annotations and masks
+PATH_SUFFIXES: tuple[str, ...] = ("_mask", "_geojson", "_annotation")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("mpp", "split")
 
 
@@ -26,10 +29,29 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     df.columns = [c.strip() for c in df.columns]
     if "mpp" in df.columns:
         df["mpp"] = pd.to_numeric(df["mpp"], errors="coerce")
-    if "path" in df.columns:
-        base = path.resolve().parent
-        df["abs_path"] = [str((base / p).resolve()) if isinstance(p, str) and p else "" for p in df["path"]]
+    base = path.resolve().parent
+    for col in path_columns(df):
+        df[f"abs_{col}"] = [str((base / p).resolve()) if isinstance(p, str) and p else "" for p in df[col]]
     return df
+
+
+def path_columns(df: pd.DataFrame) -> list[str]:
+    """``path`` and the annotation columns (``*_mask``, ``*_geojson``, ``*_annotation``)."""
+    return [c for c in df.columns if c == "path" or (not c.startswith("abs_") and c.endswith(PATH_SUFFIXES))]
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` (as read by :func:`read_manifest`) at ``path``, re-expressing file paths relative to the
+    new location so the copy resolves to the same files; the ``abs_*`` helper columns are dropped."""
+    from slidemil.utils.atomic import atomic_path
+
+    path = Path(path)
+    out = df.drop(columns=[c for c in df.columns if c.startswith("abs_")]).copy()
+    base = path.resolve().parent
+    for col in path_columns(out):
+        out[col] = [os.path.relpath(a, base) if a else "" for a in df[f"abs_{col}"]]
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False)
 
 
 def row_mpp(row: pd.Series) -> float | None:

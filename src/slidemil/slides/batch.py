@@ -83,8 +83,11 @@ def tile_one(job: SlideJob, tiling: TilingParams, tissue: TissueParams, outputs:
             reader.use_fallback_mpp(job.default_mpp)
             seg = segment_tissue(reader, params)
             if not seg.contours:
-                raise NoTissueError(job.slide_id, "tissue segmentation found no tissue (check the QC image; "
-                                    "lower tissue.sat_threshold for this slide in the overrides CSV)")
+                raise NoTissueError(
+                    job.slide_id,
+                    "tissue segmentation found no tissue (check the QC image; "
+                    "lower tissue.sat_threshold for this slide in the overrides CSV)",
+                )
             tiles = plan_tiles(reader, seg, tiling, extra_attrs={"config_hash": digest})
             if len(tiles) == 0:
                 raise NoTissueError(job.slide_id, f"no tile reaches min_tissue={tiling.min_tissue}")
@@ -97,8 +100,12 @@ def tile_one(job: SlideJob, tiling: TilingParams, tissue: TissueParams, outputs:
         return SlideResult(job.slide_id, "failed", seconds=time.perf_counter() - start, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
         log.exception("tiling %s failed", job.slide_id)
-        return SlideResult(job.slide_id, "failed", seconds=time.perf_counter() - start,
-                           error=f"{job.slide_id}: {type(exc).__name__}: {exc}")
+        return SlideResult(
+            job.slide_id,
+            "failed",
+            seconds=time.perf_counter() - start,
+            error=f"{job.slide_id}: {type(exc).__name__}: {exc}",
+        )
 
 
 def tile_slides(

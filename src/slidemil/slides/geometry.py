@@ -55,7 +55,9 @@ class TileGeometry:
     ) -> TileGeometry:
         """Plan reads of ``tile_px`` tiles at ``target_mpp`` (stride in target pixels, default = tile_px)."""
         if tile_px <= 0 or target_mpp <= 0 or slide_mpp <= 0:
-            raise ValueError(f"tile_px, target_mpp and slide_mpp must be positive, got {tile_px}, {target_mpp}, {slide_mpp}")
+            raise ValueError(
+                f"tile_px, target_mpp and slide_mpp must be positive, got {tile_px}, {target_mpp}, {slide_mpp}"
+            )
         stride_px = tile_px if stride_px is None else stride_px
         scale = target_mpp / slide_mpp  # level-0 pixels per target pixel
         level = best_level_for_downsample(level_downsamples, scale)

@@ -52,7 +52,9 @@ class TilingParams:
 
 def config_hash(*parts: object) -> str:
     """Stable short hash of the settings that determine a stage's output (for skip-if-done)."""
-    blob = json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True, default=str)
+    blob = json.dumps(
+        [asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
