@@ -6,45 +6,16 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-import h5py
 import mlflow
-import numpy as np
-import pandas as pd
 import pytest
 
 from slidemil.data.splits import SplitConfig, make_splits
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.cross_validation import CVSpec, run_cross_validation
-
-CLASSES = ["normal", "tumour"]
-DIM = 32
-
-
-def _feature_bags(root: Path, n_cases: int = 24, seed: int = 0) -> pd.DataFrame:
-    """Tumour bags hide 3-6 signal tiles (a shifted direction) among 40-80 noise tiles."""
-    rng = np.random.default_rng(seed)
-    signal = rng.normal(size=DIM)
-    signal /= np.linalg.norm(signal)
-    rows = []
-    root.mkdir(parents=True, exist_ok=True)
-    for c in range(n_cases):
-        label = CLASSES[c % 2]
-        for s in range(2):
-            sid = f"case{c:02d}_s{s}"
-            n = int(rng.integers(40, 80))
-            x = rng.normal(size=(n, DIM)).astype(np.float32)
-            if label == "tumour":
-                k = int(rng.integers(3, 7))
-                x[:k] += 6.0 * signal
-            path = root / f"{sid}.h5"
-            with h5py.File(path, "w") as f:
-                f["features"] = x
-                f["coords"] = np.zeros((n, 2), np.int64)
-            rows.append({"slide_id": sid, "case_id": f"case{c:02d}", "label": label, "features_path": str(path)})
-    return pd.DataFrame(rows)
+from tests.synthetic_bags import CLASSES, DIM
+from tests.synthetic_bags import feature_bags as _feature_bags
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +29,10 @@ def trained(tmp_path_factory):
         model_config={"in_dim": DIM, "n_classes": 2, "k_sample": 4},
         train=TrainConfig(lr=1e-3, max_epochs=15, min_epochs=5, patience=5, seed=0),
         class_names=CLASSES,
-        bundle_context={"encoder": {"name": "toy", "weights": "random"}, "tiling": {"tile_px": 224, "target_mpp": 0.5}},
+        bundle_context={
+            "encoder": {"name": "toy", "weights": "random"},
+            "tiling": {"tile_px": 224, "target_mpp": 0.5},
+        },
         extra_params={"data_version": "test"},
     )
     result = run_cross_validation(slides, splits, spec, root / "out")
@@ -73,8 +47,9 @@ def test_cv_learns_and_is_tracked(trained):
     parent = client.get_run(result.parent_run_id)
     assert parent.data.metrics["test_auc_mean"] == pytest.approx(result.summary["test"]["auc"]["mean"])
     assert "test_auc_std" in parent.data.metrics
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'"
+    )
     assert len(children) == 2
     for child in children:
         hist = client.get_metric_history(child.info.run_id, "train_loss")
@@ -83,7 +58,12 @@ def test_cv_learns_and_is_tracked(trained):
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"bundle", "predictions.csv"} <= names
     report = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
-    assert {"report/roc_test.png", "report/confusion_test.png", "report/splits.csv", "report/predictions.csv"} <= report
+    assert {
+        "report/roc_test.png",
+        "report/confusion_test.png",
+        "report/splits.csv",
+        "report/predictions.csv",
+    } <= report
     summary = json.loads((root / "out" / "summary.json").read_text())
     assert summary["selection"] == "lowest validation loss"
 
@@ -96,7 +76,7 @@ def test_bundle_reproduces_predictions_in_fresh_process(trained):
         from slidemil.mlflow_model import load_bundle_from_uri
         mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})
         bundle = load_bundle_from_uri("runs:/{result.parent_run_id}/model")
-        slides = pd.read_csv({str(root / 'slides.csv')!r})
+        slides = pd.read_csv({str(root / "slides.csv")!r})
         out = {{}}
         model = bundle.build_model()
         for r in slides.itertuples():

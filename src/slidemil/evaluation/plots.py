@@ -43,3 +43,13 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, tit
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def save_figure(fig, artifact_name: str) -> None:
+    """Log a matplotlib figure as an MLflow artifact of the active run and close it."""
+    import mlflow
+
+    fig.set_size_inches(7, 4.5)
+    fig.tight_layout()
+    mlflow.log_figure(fig, artifact_name)
+    plt.close(fig)

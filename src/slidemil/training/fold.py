@@ -74,6 +74,7 @@ def train_fold(
     cache: FeatureCache | None = None,
     metric_sink=None,
     workdir: str | Path | None = None,
+    extra_callbacks: list[Callback] | None = None,
 ) -> FoldResult:
     """Fit on ``splits['train']``, select on ``splits['val']``, predict val and test with the best checkpoint."""
     L.seed_everything(cfg.seed + fold, workers=True, verbose=False)
@@ -92,7 +93,8 @@ def train_fold(
             min_epochs=min(cfg.min_epochs, cfg.max_epochs),
             accelerator=cfg.accelerator,
             devices=cfg.devices,
-            callbacks=[EarlyStopping("val_loss", patience=cfg.patience, mode="min"), ckpt, history],
+            callbacks=[EarlyStopping("val_loss", patience=cfg.patience, mode="min"), ckpt, history,
+                       *(extra_callbacks or [])],
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,

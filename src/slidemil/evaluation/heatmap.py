@@ -1,0 +1,332 @@
+"""Attention heatmaps: per-tile scores painted on a thumbnail-scale canvas and blended on the slide.
+
+Why this shape: a whole slide is ~100k x 100k px, so every array here lives at thumbnail scale (a few
+thousand px at most) and tiles are painted with a 2-D difference array, never a level-0 canvas. Scores are
+turned into within-slide percentiles first (raw attention is unbounded and not comparable across slides),
+overlapping tiles are averaged, an optional blur smooths values without growing the painted area, and the
+result is clipped to tissue so background never looks "attended".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import matplotlib
+import numpy as np
+
+from slidemil.slides.geometry import TileGeometry
+from slidemil.slides.reader import SlideReader
+from slidemil.utils.atomic import atomic_path
+
+
+@dataclass(frozen=True)
+class HeatmapParams:
+    """How a heatmap is rendered (the canvas is thumbnail-scale, never level-0-sized)."""
+
+    canvas_max_side: int = 2048
+    blur_sigma_px: float = 0.0  # Gaussian sigma in canvas px; 0 = off
+    cmap: str = "jet"  # any matplotlib colormap name
+    alpha: float = 0.5  # weight of the colour over the thumbnail
+    percentiles: bool = True  # rank scores within the slide before painting
+    tissue_masked: bool = True  # hide colour outside the tissue mask (when one is given)
+
+    def __post_init__(self) -> None:
+        if self.canvas_max_side < 1:
+            raise ValueError(f"canvas_max_side must be >= 1, got {self.canvas_max_side}")
+        if self.blur_sigma_px < 0:
+            raise ValueError(f"blur_sigma_px must be >= 0, got {self.blur_sigma_px}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        matplotlib.colormaps[self.cmap]  # fail early on a misspelt colormap
+
+
+@dataclass
+class HeatmapResult:
+    """``overlay_rgb`` has the thumbnail's shape; ``canvas`` (NaN = no tile) is at ``downsample`` level-0 px/px."""
+
+    overlay_rgb: np.ndarray  # uint8 (H, W, 3)
+    canvas: np.ndarray  # float32 (h, w), values in [0, 1] when percentiles are on
+    downsample: float
+
+
+# ---- scores ------------------------------------------------------------------------------------------
+def to_percentiles(scores: np.ndarray) -> np.ndarray:
+    """Rank-based percentiles in [0, 1] within one slide; ties share their average rank.
+
+    Lowest score -> 0, highest -> 1, a constant (or single) input -> 0.5 everywhere. NaN stays NaN and is
+    not ranked.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    out = np.full(s.shape, np.nan, dtype=np.float64)
+    finite = np.isfinite(s)
+    v = s[finite]
+    n = v.size
+    if n == 0:
+        return out
+    if n == 1:
+        out[finite] = 0.5
+        return out
+    uniq, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    first_rank = np.concatenate(([0], np.cumsum(counts)[:-1]))  # 0-based rank of each group's first member
+    avg_rank = first_rank + (counts - 1) / 2.0
+    out[finite] = avg_rank[inverse] / (n - 1)
+    return out
+
+
+# ---- canvas ------------------------------------------------------------------------------------------
+def canvas_downsample(slide_dims: tuple[int, int], max_side: int) -> float:
+    """Level-0 px per canvas px so the canvas's longer side is <= ``max_side`` (never below 1)."""
+    w0, h0 = slide_dims
+    return max(1.0, max(w0, h0) / max_side)
+
+
+def canvas_shape(slide_dims: tuple[int, int], downsample: float) -> tuple[int, int]:
+    """(h, w) of a canvas at ``downsample``; same rounding as :meth:`SlideReader.thumbnail`."""
+    w0, h0 = slide_dims
+    return max(1, math.floor(h0 / downsample)), max(1, math.floor(w0 / downsample))
+
+
+def _footprints(coords: np.ndarray, level0_px: float, downsample: float, shape: tuple[int, int]) -> tuple:
+    """Integer canvas rectangles [x0, x1) x [y0, y1) of every tile, clipped; shared edges round alike."""
+    c = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    h, w = shape
+    x0 = np.rint(c[:, 0] / downsample).astype(np.int64)
+    y0 = np.rint(c[:, 1] / downsample).astype(np.int64)
+    x1 = np.maximum(np.rint((c[:, 0] + level0_px) / downsample).astype(np.int64), x0 + 1)
+    y1 = np.maximum(np.rint((c[:, 1] + level0_px) / downsample).astype(np.int64), y0 + 1)
+    x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
+    y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
+    keep = (x1 > x0) & (y1 > y0)
+    return x0[keep], y0[keep], x1[keep], y1[keep], keep
+
+
+def _paint(x0, y0, x1, y1, values, shape) -> np.ndarray:
+    """Sum of ``values`` over rectangles via a 2-D difference array: O(N + h*w), no per-tile loop."""
+    h, w = shape
+    stride = w + 1
+    flat = np.concatenate((y0 * stride + x0, y0 * stride + x1, y1 * stride + x0, y1 * stride + x1))
+    weights = np.concatenate((values, -values, -values, values))
+    diff = np.bincount(flat, weights=weights, minlength=(h + 1) * stride).reshape(h + 1, stride)
+    return np.cumsum(np.cumsum(diff, axis=0), axis=1)[:h, :w]
+
+
+def score_canvas(
+    coords: np.ndarray,
+    level0_px: float,
+    values: np.ndarray,
+    slide_dims: tuple[int, int],
+    downsample: float,
+    shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Paint each tile's value over its footprint at ``downsample``; overlaps are averaged.
+
+    Returns float32 (h, w) with NaN where no tile (with a finite value) lands. ``shape`` forces the canvas
+    size (e.g. to match a thumbnail exactly); by default it follows ``slide_dims / downsample``.
+    """
+    if downsample <= 0:
+        raise ValueError(f"downsample must be positive, got {downsample}")
+    vals = np.asarray(values, dtype=np.float64).ravel()
+    coords = np.asarray(coords).reshape(-1, 2)
+    if vals.shape[0] != coords.shape[0]:
+        raise ValueError(f"{coords.shape[0]} coords but {vals.shape[0]} values")
+    shape = canvas_shape(slide_dims, downsample) if shape is None else (int(shape[0]), int(shape[1]))
+    finite = np.isfinite(vals)
+    x0, y0, x1, y1, keep = _footprints(coords[finite], level0_px, downsample, shape)
+    v = vals[finite][keep]
+    total = _paint(x0, y0, x1, y1, v, shape)
+    count = _paint(x0, y0, x1, y1, np.ones_like(v), shape)
+    covered = count > 0.5  # counts are integers; the cumsum leaves at most rounding noise
+    canvas = np.full(shape, np.nan, dtype=np.float32)
+    canvas[covered] = (total[covered] / np.rint(count[covered])).astype(np.float32)
+    return canvas
+
+
+def blur_canvas(canvas: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Normalised Gaussian blur: smooths values inside the painted area, never spreads colour outside it.
+
+    Blurring value*weight and weight separately keeps every output a weighted mean of nearby inputs (so
+    within [min, max]) and stops empty areas from dragging edge values towards 0.
+    """
+    if sigma_px <= 0:
+        return canvas
+    valid = np.isfinite(canvas)
+    if not valid.any():
+        return canvas
+    weight = valid.astype(np.float32)
+    filled = np.where(valid, canvas, 0.0).astype(np.float32)
+    num = cv2.GaussianBlur(filled, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
+    out = np.full(canvas.shape, np.nan, dtype=np.float32)
+    ok = valid & (den > 1e-6)
+    out[ok] = num[ok] / den[ok]
+    lo, hi = float(np.nanmin(canvas)), float(np.nanmax(canvas))
+    return np.clip(out, lo, hi, out=out)  # float rounding only; NaN stays NaN
+
+
+def colorize(canvas: np.ndarray, cmap: str, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """RGB uint8 image of ``canvas`` through a matplotlib colormap (NaN -> black; mask it yourself)."""
+    span = vmax - vmin if vmax > vmin else 1.0
+    norm = np.clip((np.nan_to_num(canvas, nan=vmin) - vmin) / span, 0.0, 1.0)
+    lut = (matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+    return lut[np.rint(norm * 255).astype(np.intp)]
+
+
+# ---- rendering ---------------------------------------------------------------------------------------
+def render_heatmap(
+    thumbnail_rgb: np.ndarray,
+    thumb_downsample: float,
+    coords: np.ndarray,
+    level0_px: float,
+    scores: np.ndarray,
+    params: HeatmapParams | None = None,
+    tissue_mask: np.ndarray | None = None,
+    mask_downsample: float | None = None,
+    slide_dims: tuple[int, int] | None = None,
+) -> HeatmapResult:
+    """Scores -> percentiles -> canvas -> blur -> tissue mask -> colormap -> alpha blend on the thumbnail.
+
+    The canvas is painted at the thumbnail's scale, or coarser when the thumbnail is larger than
+    ``params.canvas_max_side`` (then upsampled for blending). Pixels without a tile, or outside the tissue
+    mask, keep the plain thumbnail. ``slide_dims`` (level-0 (w, h)) defaults to thumbnail size x downsample.
+    """
+    params = params or HeatmapParams()
+    thumb = np.asarray(thumbnail_rgb)
+    if thumb.ndim != 3 or thumb.shape[2] != 3:
+        raise ValueError(f"thumbnail must be (H, W, 3) RGB, got {thumb.shape}")
+    th, tw = thumb.shape[:2]
+    if slide_dims is None:
+        slide_dims = (round(tw * thumb_downsample), round(th * thumb_downsample))
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    values = to_percentiles(scores) if params.percentiles else scores
+
+    if max(th, tw) <= params.canvas_max_side:
+        ds, shape = float(thumb_downsample), (th, tw)
+    else:
+        ds = max(float(thumb_downsample), canvas_downsample(slide_dims, params.canvas_max_side))
+        shape = canvas_shape(slide_dims, ds)
+    canvas = score_canvas(coords, level0_px, values, slide_dims, ds, shape=shape)
+    canvas = blur_canvas(canvas, params.blur_sigma_px)
+    if params.tissue_masked and tissue_mask is not None:
+        if mask_downsample is None:
+            raise ValueError("mask_downsample is required with tissue_mask")
+        canvas[~_mask_on_canvas(tissue_mask, mask_downsample, ds, shape)] = np.nan
+
+    if params.percentiles:
+        vmin, vmax = 0.0, 1.0
+    elif np.isfinite(canvas).any():
+        vmin, vmax = float(np.nanmin(canvas)), float(np.nanmax(canvas))
+    else:
+        vmin, vmax = 0.0, 1.0
+    on_thumb = canvas
+    if shape != (th, tw):
+        on_thumb = cv2.resize(canvas, (tw, th), interpolation=cv2.INTER_NEAREST)
+    painted = np.isfinite(on_thumb)
+    colour = colorize(on_thumb, params.cmap, vmin, vmax)
+    overlay = thumb.copy()
+    a = params.alpha
+    blend = (1.0 - a) * thumb[painted].astype(np.float32) + a * colour[painted].astype(np.float32)
+    overlay[painted] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    return HeatmapResult(overlay_rgb=overlay, canvas=canvas, downsample=ds)
+
+
+def _mask_on_canvas(mask: np.ndarray, mask_ds: float, canvas_ds: float, shape: tuple[int, int]) -> np.ndarray:
+    """Resample a tissue mask (``mask_ds`` level-0 px per px) onto the canvas grid by nearest lookup."""
+    m = np.asarray(mask, dtype=bool)
+    h, w = shape
+    ys = np.minimum(((np.arange(h) + 0.5) * canvas_ds / mask_ds).astype(np.intp), m.shape[0] - 1)
+    xs = np.minimum(((np.arange(w) + 0.5) * canvas_ds / mask_ds).astype(np.intp), m.shape[1] - 1)
+    return m[np.ix_(ys, xs)]
+
+
+def colorbar_legend(cmap: str, height: int = 256, width: int = 24, border: int = 1) -> np.ndarray:
+    """Vertical colour bar (high at the top), RGB uint8, to paste beside an overlay."""
+    ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(width, axis=1)
+    bar = colorize(ramp, cmap)
+    if border:
+        bar[:border], bar[-border:], bar[:, :border], bar[:, -border:] = 0, 0, 0, 0
+    return bar
+
+
+def with_colorbar(overlay_rgb: np.ndarray, cmap: str, margin: int = 8) -> np.ndarray:
+    """Overlay with a white strip on the right holding a colour bar (top = highest percentile)."""
+    h, w = overlay_rgb.shape[:2]
+    bar_h = max(16, int(h * 0.6))
+    bar_w = max(8, min(32, w // 40))
+    bar = colorbar_legend(cmap, height=min(bar_h, h), width=bar_w)
+    out = np.full((h, w + bar_w + 2 * margin, 3), 255, dtype=np.uint8)
+    out[:, :w] = overlay_rgb
+    top = (h - bar.shape[0]) // 2
+    out[top : top + bar.shape[0], w + margin : w + margin + bar_w] = bar
+    return out
+
+
+def save_png(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write an RGB uint8 image as PNG atomically (no half-written file under the final name)."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"could not encode PNG for {path}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return path
+
+
+# ---- top / bottom tiles ------------------------------------------------------------------------------
+def ranked_indices(scores: np.ndarray, k: int, bottom: bool = False) -> np.ndarray:
+    """Indices of the ``k`` highest (or lowest) finite scores, best first; ties keep tile order."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    idx = np.flatnonzero(np.isfinite(s))
+    order = np.argsort(s[idx] if bottom else -s[idx], kind="stable")
+    return idx[order[: max(0, int(k))]]
+
+
+def save_top_tiles(
+    reader: SlideReader,
+    coords: np.ndarray,
+    geometry: TileGeometry,
+    scores: np.ndarray,
+    k: int,
+    out_dir: str | Path,
+    prefix: str,
+    bottom: bool = False,
+) -> list[dict]:
+    """Read the top-k (or bottom-k) tiles with ``reader.read_tile`` and save them as PNGs.
+
+    Files are named ``<prefix>_top|bottom<rank>_score<score>_x<x>_y<y>.png`` (rank 1 = most/least
+    attended). Returns one record per tile: ``rank, index, x, y, score, path``.
+    """
+    coords = np.asarray(coords).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.shape[0] != coords.shape[0]:
+        raise ValueError(f"{coords.shape[0]} coords but {scores.shape[0]} scores")
+    out_dir = Path(out_dir)
+    kind = "bottom" if bottom else "top"
+    records = []
+    for rank, i in enumerate(ranked_indices(scores, k, bottom=bottom), start=1):
+        x, y = int(coords[i, 0]), int(coords[i, 1])
+        tile = reader.read_tile((x, y), geometry)
+        path = out_dir / f"{prefix}_{kind}{rank:03d}_score{scores[i]:+.4f}_x{x}_y{y}.png"
+        save_png(path, tile)
+        records.append({"rank": rank, "index": int(i), "x": x, "y": y, "score": float(scores[i]), "path": str(path)})
+    return records
+
+
+__all__ = [
+    "HeatmapParams",
+    "HeatmapResult",
+    "blur_canvas",
+    "canvas_downsample",
+    "canvas_shape",
+    "colorbar_legend",
+    "colorize",
+    "ranked_indices",
+    "render_heatmap",
+    "save_png",
+    "save_top_tiles",
+    "score_canvas",
+    "to_percentiles",
+    "with_colorbar",
+]

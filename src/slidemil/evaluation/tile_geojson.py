@@ -1,0 +1,112 @@
+"""Per-tile scores as a GeoJSON FeatureCollection that QuPath (0.4+) imports as tile objects.
+
+Why GeoJSON: it is QuPath's own object exchange format, so a pathologist can drag the file onto the slide
+and colour or filter tiles by any score (Measure -> Show measurement maps). The shape follows what QuPath
+writes and reads since v0.4: each Feature has a Polygon in level-0 pixels (origin top-left), an ``id`` UUID,
+and ``properties`` with ``objectType`` ("tile"), ``name``, ``measurements`` as a ``{name: number}`` object,
+optional ``classification`` ``{"name", "color": [r, g, b]}`` and string-valued ``metadata``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from slidemil.utils.atomic import write_text_atomic
+
+# Fixed namespace so re-exporting the same slide gives the same feature ids (QuPath keeps ids on import).
+_ID_NAMESPACE = uuid.UUID("6f0b7f52-3d0e-4c55-9a51-5a1de3117c0a")
+
+OBJECT_TYPES = ("tile", "detection", "annotation")
+
+
+def tile_polygon(x: float, y: float, side: float) -> list[list[float]]:
+    """Closed square ring (first point repeated last), counter-clockwise in x-right/y-up terms."""
+    x, y, side = _num(x), _num(y), _num(side)
+    return [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
+
+
+def tiles_to_geojson(
+    coords: np.ndarray,
+    level0_px: float,
+    scores: Mapping[str, np.ndarray],
+    slide_id: str,
+    classification: str | Sequence[str | None] | None = None,
+    class_colors: Mapping[str, tuple[int, int, int]] | None = None,
+    object_type: str = "tile",
+) -> dict:
+    """One Feature per tile with every array in ``scores`` as a QuPath measurement.
+
+    Non-finite scores are left out of that tile's measurements (JSON has no NaN; QuPath shows a missing
+    measurement as NaN). ``classification`` is one class name for all tiles or one per tile (None = none).
+    """
+    if object_type not in OBJECT_TYPES:
+        raise ValueError(f"object_type must be one of {OBJECT_TYPES}, got {object_type!r}")
+    coords = np.asarray(coords).reshape(-1, 2)
+    n = coords.shape[0]
+    columns = {}
+    for name, values in scores.items():
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        if arr.shape[0] != n:
+            raise ValueError(f"score {name!r} has {arr.shape[0]} values for {n} tiles")
+        columns[str(name)] = arr.tolist()
+    classes = _per_tile_classes(classification, n)
+    colors = dict(class_colors or {})
+
+    features = []
+    for i in range(n):
+        x, y = coords[i].tolist()
+        measurements = {k: v for k, col in columns.items() if math.isfinite(v := col[i])}
+        props: dict = {
+            "objectType": object_type,
+            "name": f"{slide_id} tile {i}",
+            "measurements": measurements,
+            "metadata": {"slide_id": str(slide_id), "tile_index": str(i)},
+        }
+        cls = classes[i]
+        if cls is not None:
+            props["classification"] = {"name": cls, "color": list(colors.get(cls, _default_color(cls)))}
+        features.append({
+            "type": "Feature",
+            "id": str(uuid.uuid5(_ID_NAMESPACE, f"{slide_id}/{i}/{x}/{y}")),
+            "geometry": {"type": "Polygon", "coordinates": [tile_polygon(x, y, level0_px)]},
+            "properties": props,
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(path: str | Path, fc: dict) -> Path:
+    """Write atomically as compact, strict JSON (NaN is refused rather than written invalidly)."""
+    path = Path(path)
+    write_text_atomic(path, json.dumps(fc, separators=(",", ":"), allow_nan=False))
+    return path
+
+
+def read_geojson(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _per_tile_classes(classification, n: int) -> list[str | None]:
+    if classification is None or isinstance(classification, str):
+        return [classification] * n
+    classes = list(classification)
+    if len(classes) != n:
+        raise ValueError(f"{len(classes)} classifications for {n} tiles")
+    return [None if c is None else str(c) for c in classes]
+
+
+def _default_color(name: str) -> tuple[int, int, int]:
+    """Stable colour per class name (a hash, so the same class looks the same in every export)."""
+    h = uuid.uuid5(_ID_NAMESPACE, name).bytes
+    return int(h[0]), int(h[1]), int(h[2])
+
+
+def _num(v: float) -> int | float:
+    """Integers stay integers in the JSON (coordinates are whole pixels almost always)."""
+    f = float(v)
+    return int(f) if f.is_integer() else f

@@ -1,0 +1,203 @@
+"""Hyper-parameter search with Optuna over the MIL models, on validation data only.
+
+Each trial trains on the training part of one or more folds and is scored by the *validation* metric of the
+best-validation-loss checkpoint; the test parts are never touched. Unpromising trials are pruned by the
+Lightning pruning callback (watching ``val_loss`` per epoch). The study lives in any SQLAlchemy database URL
+(an embedded sqlite file by default), so several processes or machines can work on one study. Each trial is
+a nested MLflow run under one parent run per tuning invocation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+import yaml
+
+from slidemil.evaluation.metrics import slide_metrics
+from slidemil.training.bags import BagItem, FeatureCache
+from slidemil.training.config import TrainConfig
+from slidemil.training.fold import train_fold
+
+log = logging.getLogger(__name__)
+
+CLAM_ONLY = ("k_sample", "bag_weight")
+
+
+@dataclass
+class SearchSpace:
+    """Ranges searched (log-uniform for rates); ``models`` are the candidate model types."""
+
+    lr: tuple[float, float] = (1e-5, 2e-3)
+    weight_decay: tuple[float, float] = (1e-6, 1e-3)
+    dropout: tuple[float, float] = (0.0, 0.5)
+    bag_weight: tuple[float, float] = (0.3, 1.0)
+    k_sample: tuple[int, int] = (2, 16)
+    models: list[str] = field(default_factory=lambda: ["clam_sb", "clam_mb", "abmil"])
+
+
+@dataclass
+class TuneConfig:
+    study_name: str = "slidemil-mil"
+    storage: str = "sqlite:///data/tune/optuna.db"
+    n_trials: int = 10
+    timeout_s: float | None = None
+    metric: str = "val_loss"  # val_loss (minimise) or val_auc / val_balanced_accuracy (maximise)
+    folds: list[int] = field(default_factory=lambda: [0])
+    seed: int = 0
+    pruner_warmup_epochs: int = 5
+    space: SearchSpace = field(default_factory=SearchSpace)
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if self.metric.endswith("loss") else "maximize"
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> tuple[str, dict, dict]:
+    """Sample (model_name, model-config overrides, trainer overrides) for one trial."""
+    model = trial.suggest_categorical("model", space.models)
+    model_cfg = {"dropout": trial.suggest_float("dropout", *space.dropout)}
+    if model.startswith("clam"):
+        model_cfg["bag_weight"] = trial.suggest_float("bag_weight", *space.bag_weight)
+        model_cfg["k_sample"] = trial.suggest_int("k_sample", *space.k_sample)
+    trainer = {
+        "lr": trial.suggest_float("lr", *space.lr, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
+    }
+    return model, model_cfg, trainer
+
+
+def create_study(cfg: TuneConfig) -> optuna.Study:
+    """Create or join the shared study (safe to call from several processes at once)."""
+    _ensure_sqlite_folder(cfg.storage)
+    return optuna.create_study(
+        study_name=cfg.study_name,
+        storage=cfg.storage,
+        direction=cfg.direction,
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=None),  # seeded samplers would repeat trials across workers
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.pruner_warmup_epochs),
+    )
+
+
+def run_tuning(
+    slides: pd.DataFrame,
+    splits: pd.DataFrame,
+    cfg: TuneConfig,
+    base_model_config: dict,
+    base_train: TrainConfig,
+    class_names: list[str],
+) -> optuna.Study:
+    """Run ``cfg.n_trials`` trials in this process (others may add trials to the same study concurrently)."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    index = {c: i for i, c in enumerate(class_names)}
+    items = {r.slide_id: BagItem(r.slide_id, Path(r.features_path), index[r.label]) for r in slides.itertuples()}
+    cache = FeatureCache(preload=True)
+    study = create_study(cfg)
+
+    def objective(trial: optuna.Trial) -> float:
+        model, model_over, train_over = suggest(trial, cfg.space)
+        model_cfg = {**base_model_config, **model_over}
+        if not model.startswith("clam"):
+            model_cfg = {k: v for k, v in model_cfg.items() if k in ("in_dim", "n_classes", "size", "dropout")}
+        train_cfg = TrainConfig.from_dict({**base_train.to_dict(), **train_over})
+        scores = []
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+            mlflow.set_tags({"slidemil.kind": "tune-trial", "optuna.study": cfg.study_name,
+                             "optuna.trial": str(trial.number)})
+            mlflow.log_params({"model": model, **model_over, **train_over})
+            for fold in cfg.folds:
+                fs = splits[splits.fold == fold]
+                parts = {s: [items[i] for i in fs.loc[fs.split == s, "slide_id"]] for s in ("train", "val")}
+                callbacks = [PyTorchLightningPruningCallback(trial, monitor="val_loss")] if len(cfg.folds) == 1 else []
+                res = train_fold(fold, model, model_cfg, parts, train_cfg, class_names, cache=cache,
+                                 metric_sink=lambda m, step: mlflow.log_metrics(m, step=step),
+                                 extra_callbacks=callbacks)
+                val = res.predictions[res.predictions.split == "val"]
+                metrics = slide_metrics(val["label"].to_numpy(),
+                                        val[[f"prob_{c}" for c in class_names]].to_numpy())
+                metrics["loss"] = res.best_val_loss
+                scores.append(metrics[cfg.metric.removeprefix("val_")])
+            value = float(np.nanmean(scores))
+            mlflow.log_metric(cfg.metric, value)
+            mlflow.set_tag("optuna.state", "complete")
+        return value
+
+    with mlflow.start_run(run_name=f"tune-{cfg.study_name}") as parent:
+        mlflow.set_tags({"slidemil.kind": "tune", "optuna.study": cfg.study_name})
+        mlflow.log_params({"n_trials": cfg.n_trials, "metric": cfg.metric, "folds": str(cfg.folds),
+                           "storage": _redact(cfg.storage)})
+        study.optimize(objective, n_trials=cfg.n_trials, timeout=cfg.timeout_s, catch=(RuntimeError,),
+                       callbacks=[_log_pruned])
+        _log_study(study, parent.info.run_id)
+    return study
+
+
+def _log_pruned(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    if trial.state == optuna.trial.TrialState.PRUNED:
+        log.info("trial %d pruned at epoch %s", trial.number, max(trial.intermediate_values, default=None))
+
+
+def _log_study(study: optuna.Study, run_id: str) -> None:
+    """Best value, trial counts and the optimisation history / importance plots on the parent run."""
+    states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+    mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in states.items()})
+    try:
+        best = study.best_trial
+    except ValueError:
+        return
+    mlflow.log_metric("best_value", best.value)
+    mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+    import optuna.visualization.matplotlib as ovm
+
+    from slidemil.evaluation.plots import save_figure
+
+    save_figure(ovm.plot_optimization_history(study).figure, "optimization_history.png")
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(completed) >= 2 and len({tuple(sorted(t.params)) for t in completed}) >= 1:
+        try:
+            save_figure(ovm.plot_param_importances(study).figure, "param_importances.png")
+        except (ValueError, RuntimeError) as exc:  # too few distinct trials for importances
+            log.warning("parameter importance not computed: %s", exc)
+
+
+def export_best(study: optuna.Study, path: str | Path, base_model_config: dict) -> dict:
+    """Write the best trial as a YAML file the train stage reads (``train.use_tuned: true``)."""
+    from slidemil.utils.atomic import write_text_atomic
+
+    best = study.best_trial
+    p = dict(best.params)
+    model = p.pop("model")
+    trainer = {k: p.pop(k) for k in ("lr", "weight_decay") if k in p}
+    out = {
+        "model": model,
+        "model_config": {**{k: v for k, v in base_model_config.items() if k not in ("in_dim", "n_classes")}, **p},
+        "trainer": trainer,
+        "study": study.study_name,
+        "trial": best.number,
+        "value": float(best.value),
+        "n_trials": len(study.trials),
+    }
+    if not model.startswith("clam"):
+        out["model_config"] = {k: v for k, v in out["model_config"].items() if k in ("size", "dropout")}
+    write_text_atomic(path, yaml.safe_dump(out, sort_keys=False))
+    return out
+
+
+def _ensure_sqlite_folder(storage: str) -> None:
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before logging it."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

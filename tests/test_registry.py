@@ -1,0 +1,65 @@
+"""Registry promotion both ways on a real (sqlite) MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+
+from slidemil.bundle import ModelBundle
+from slidemil.mlflow_model import log_bundle
+from slidemil.models import build_model
+from slidemil.registry import CHALLENGER, CHAMPION, champion_version, load_bundle, register_and_promote
+from slidemil.tracking import setup_tracking
+
+
+def _logged_bundle(tmp_path, tag: str) -> tuple[str, str]:
+    cfg = {"in_dim": 8, "n_classes": 2}
+    torch.manual_seed(len(tag))
+    bundle = ModelBundle(
+        "abmil",
+        cfg,
+        ["a", "b"],
+        {"name": "toy"},
+        {"tile_px": 224},
+        metadata={"tag": tag},
+        state_dict=build_model("abmil", cfg).state_dict(),
+    )
+    folder = bundle.save(tmp_path / tag)
+    with mlflow.start_run(run_name=tag) as run:
+        info = log_bundle(folder)
+    return info.model_uri, run.info.run_id
+
+
+@pytest.fixture()
+def store(tmp_path):
+    setup_tracking(tmp_path, "registry-test")
+    return tmp_path
+
+
+def test_better_becomes_champion_worse_only_challenger(store):
+    uri1, run1 = _logged_bundle(store, "first")
+    r1 = register_and_promote(uri1, "demo-model", "val_auc_mean", 0.80, run_id=run1)
+    assert r1.alias == CHAMPION and r1.previous_champion_version is None
+
+    uri2, run2 = _logged_bundle(store, "better")
+    r2 = register_and_promote(uri2, "demo-model", "val_auc_mean", 0.90, run_id=run2)
+    assert r2.alias == CHAMPION and r2.previous_champion_version == r1.version
+    assert str(champion_version("demo-model").version) == r2.version
+
+    uri3, run3 = _logged_bundle(store, "worse")
+    r3 = register_and_promote(uri3, "demo-model", "val_auc_mean", 0.85, run_id=run3)
+    assert r3.alias == CHALLENGER and "<=" in r3.reason
+    assert str(champion_version("demo-model").version) == r2.version
+    assert str(champion_version("demo-model", CHALLENGER).version) == r3.version
+
+    # the comparison is recorded on the run
+    client = mlflow.MlflowClient()
+    assert "challenger" in client.get_run(run3).data.tags["slidemil.promotion"]
+    assert load_bundle("demo-model").metadata["tag"] == "better"
+    assert load_bundle("demo-model", CHALLENGER).metadata["tag"] == "worse"
+
+
+def test_missing_alias_is_a_clear_error(store):
+    with pytest.raises(LookupError, match="no version with alias"):
+        load_bundle("nothing-registered")

@@ -1,0 +1,89 @@
+"""Optuna tuning on validation data: nested MLflow runs, exported best params, two workers on one study."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from slidemil.data.splits import SplitConfig, make_splits
+from slidemil.tracking import setup_tracking
+from slidemil.training.config import TrainConfig
+from slidemil.training.tuning import SearchSpace, TuneConfig, export_best, run_tuning
+from tests.synthetic_bags import CLASSES, DIM, feature_bags
+
+BASE_MODEL = {"in_dim": DIM, "n_classes": 2, "size": "small", "dropout": 0.25, "k_sample": 4, "subtyping": False}
+BASE_TRAIN = TrainConfig(max_epochs=6, min_epochs=2, patience=3)
+
+
+def _cfg(root: Path, n_trials: int) -> TuneConfig:
+    return TuneConfig(study_name="t", storage=f"sqlite:///{root / 'optuna.db'}", n_trials=n_trials,
+                      pruner_warmup_epochs=1, space=SearchSpace(models=["clam_sb", "abmil"], k_sample=(2, 6)))
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    slides = feature_bags(root / "features", n_cases=16)
+    splits = make_splits(slides, SplitConfig(folds=1, val_frac=0.2, test_frac=0.2))
+    slides.to_csv(root / "slides.csv", index=False)
+    splits.to_csv(root / "splits.csv", index=False)
+    return root, slides, splits
+
+
+def test_tuning_tracks_trials_and_exports_best(bags):
+    root, slides, splits = bags
+    setup_tracking(root, "tune-test")
+    study = run_tuning(slides, splits, _cfg(root, 4), BASE_MODEL, BASE_TRAIN, CLASSES)
+    assert len(study.trials) == 4
+    assert isinstance(study.pruner, optuna.pruners.MedianPruner)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 4
+    # validation only: the objective is val_loss; the test split is never read
+    best = export_best(study, root / "best.yaml", BASE_MODEL)
+    saved = yaml.safe_load((root / "best.yaml").read_text())
+    assert saved == best and saved["model"] in ("clam_sb", "abmil")
+    assert saved["trainer"]["lr"] == pytest.approx(study.best_params["lr"])
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("tune-test")
+    trials = client.search_runs([exp.experiment_id], "tags.`slidemil.kind` = 'tune-trial'")
+    assert len(trials) == 4
+    parent = client.search_runs([exp.experiment_id], "tags.`slidemil.kind` = 'tune'")[0]
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "optimization_history.png" in names
+
+
+def test_two_worker_processes_share_one_study(bags):
+    root, _, _ = bags
+    storage = root / "shared.db"
+    script = textwrap.dedent(f"""
+        import pandas as pd
+        from pathlib import Path
+        from slidemil.tracking import setup_tracking
+        from slidemil.training.tuning import run_tuning
+        from tests.test_tuning import BASE_MODEL, BASE_TRAIN, CLASSES, _cfg
+        from dataclasses import replace
+        root = Path({str(root)!r})
+        setup_tracking(root, "tune-shared")
+        cfg = replace(_cfg(root, 3), storage="sqlite:///{storage}", study_name="shared")
+        run_tuning(pd.read_csv(root / "slides.csv"), pd.read_csv(root / "splits.csv"), cfg, BASE_MODEL,
+                   BASE_TRAIN, CLASSES)
+    """)
+    env_root = str(Path(__file__).resolve().parents[1])
+    # create the study (and the mlflow db) once so two fresh processes do not race on schema creation
+    optuna.create_study(study_name="shared", storage=f"sqlite:///{storage}", direction="minimize")
+    setup_tracking(root, "tune-shared")
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=env_root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{storage}")
+    assert len(study.trials) == 6
+    assert len({t.number for t in study.trials}) == 6
