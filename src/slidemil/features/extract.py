@@ -1,0 +1,342 @@
+"""Tile features for whole slides: read tiles in worker processes, encode in batches, store per slide.
+
+The usual complaint about feature extraction is an idle accelerator waiting on slide I/O. So tile reading and
+JPEG decoding happen in DataLoader workers (each opens its own slide reader: readers hold C handles that
+cannot be pickled or shared across processes), tiles travel as uint8 (4x less to copy than float) and
+resizing/normalisation run batched on the encoder's device. Output is streamed into a temporary HDF5 file and
+published atomically, and a slide whose output already matches (same tiles, encoder and weights) is skipped,
+so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from slidemil.data.tile_store import TileSet, read_tiles
+from slidemil.encoders.registry import Encoder
+from slidemil.features.store import feature_writer, is_complete
+from slidemil.slides.geometry import TileGeometry
+from slidemil.slides.reader import SlideReader
+
+log = logging.getLogger(__name__)
+
+ReaderFactory = Callable[[str, float], SlideReader]
+#: tile-file attributes copied into the feature file besides the geometry
+_COPIED_TILE_ATTRS = ("slide_path", "width", "height", "backend", "mpp_source")
+
+
+def open_reader(slide_path: str, slide_mpp: float) -> SlideReader:
+    """Default reader factory (module-level so it pickles into worker processes)."""
+    from slidemil.slides.backends import open_slide
+
+    return open_slide(slide_path, mpp=slide_mpp)
+
+
+class TileDataset(Dataset):
+    """Tiles of one slide as uint8 (tile_px, tile_px, 3) tensors, read exactly as the tile file planned them.
+
+    The reader is opened lazily in whichever process reads (main or DataLoader worker) and never pickled.
+    """
+
+    def __init__(
+        self,
+        slide_path: str | os.PathLike,
+        slide_mpp: float,
+        coords: np.ndarray,
+        geometry: TileGeometry,
+        reader_factory: ReaderFactory = open_reader,
+    ):
+        self.slide_path = str(slide_path)
+        self.slide_mpp = float(slide_mpp)
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.geometry = geometry
+        self.reader_factory = reader_factory
+        self._reader: SlideReader | None = None
+        self._pid: int | None = None
+
+    @classmethod
+    def from_tiles(cls, tiles: TileSet, reader_factory: ReaderFactory = open_reader) -> TileDataset:
+        mpp = tiles.attrs.get("slide_mpp", tiles.geometry.slide_mpp)
+        return cls(tiles.slide_path, mpp, tiles.coords, tiles.geometry, reader_factory)
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x, y = self.coords[i]
+        tile = self._get_reader().read_tile((int(x), int(y)), self.geometry)
+        tile = np.ascontiguousarray(tile, dtype=np.uint8)
+        return torch.from_numpy(tile if tile.flags.writeable else tile.copy())
+
+    def _get_reader(self) -> SlideReader:
+        # a forked worker must not reuse the parent's handle
+        if self._reader is None or self._pid != os.getpid():
+            self._reader = self.reader_factory(self.slide_path, self.slide_mpp)
+            self._pid = os.getpid()
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None and self._pid == os.getpid():
+            self._reader.close()
+        self._reader = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"], state["_pid"] = None, None
+        return state
+
+
+@dataclass
+class ExtractionStats:
+    """One slide: tiles encoded, wall time (reading + encoding + writing) and throughput."""
+
+    n_tiles: int
+    seconds: float
+    tiles_per_s: float
+    slide_id: str = ""
+    skipped: bool = False
+    out_path: str = ""
+
+
+@dataclass
+class ExtractionSummary:
+    """Many slides: per-slide stats, and the slides that failed with their error messages."""
+
+    stats: list[ExtractionStats] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(s.n_tiles for s in self.stats if not s.skipped)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stats if not s.skipped)
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
+
+
+class FeatureExtractionError(RuntimeError):
+    """Some slides failed; ``summary`` holds what succeeded and every failure."""
+
+    def __init__(self, summary: ExtractionSummary):
+        self.summary = summary
+        lines = "\n".join(f"  {sid}: {msg}" for sid, msg in summary.failures.items())
+        super().__init__(f"feature extraction failed for {len(summary.failures)} slide(s):\n{lines}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def encode_tiles(
+    dataset: Dataset,
+    encoder: Encoder,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    progress: bool = False,
+    out: Any = None,
+    desc: str = "",
+) -> Any:
+    """Encode every uint8 tile of ``dataset`` in order into float32 (N, d); returns ``out`` or a new array.
+
+    ``out`` may be an array or an h5py dataset of shape (N, d) (so large slides stream to disk). The encoder
+    is moved to ``device`` and set to eval mode; on CUDA it runs channels-last under fp16 autocast (when
+    ``amp``), on CPU in fp32.
+    """
+    dev = resolve_device(device)
+    n = len(dataset)  # type: ignore[arg-type]
+    result = np.empty((n, encoder.feature_dim), np.float32) if out is None else out
+    if n == 0:
+        return result
+    cuda = dev.type == "cuda"
+    encoder.eval().to(dev)
+    if cuda:
+        encoder.to(memory_format=torch.channels_last)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=cuda,
+        persistent_workers=False,
+        # No worker_init_fn: the DataLoader already gives each worker one torch thread, and calling
+        # cv2.setNumThreads in a forked worker deadlocks once the parent has used OpenCV's thread pool.
+    )
+    done = 0
+    with (
+        torch.inference_mode(),
+        tqdm(total=n, unit="tile", desc=desc, disable=not progress, leave=False) as bar,
+    ):
+        for batch in loader:
+            x = encoder.preprocess(batch.to(dev, non_blocking=cuda))
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with (
+                torch.autocast("cuda", dtype=torch.float16, enabled=amp) if cuda else contextlib.nullcontext()
+            ):
+                y = encoder(x)
+            if y.shape != (batch.shape[0], encoder.feature_dim):
+                raise RuntimeError(
+                    f"{encoder.name}: output shape {tuple(y.shape)} does not match feature_dim {encoder.feature_dim}"
+                )
+            result[done : done + y.shape[0]] = y.float().cpu().numpy()
+            done += y.shape[0]
+            bar.update(y.shape[0])
+    if done != n:
+        raise RuntimeError(f"encoded {done} tiles, expected {n}")
+    return result
+
+
+def tiles_digest(tiles: TileSet) -> str:
+    """Fingerprint of exactly which pixels will be encoded (coordinates + geometry + slide file)."""
+    h = hashlib.sha256(np.ascontiguousarray(tiles.coords, dtype=np.int64).tobytes())
+    h.update(json.dumps([tiles.geometry.as_attrs(), str(tiles.slide_path)], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _match_key(tiles: TileSet, encoder: Encoder) -> dict[str, Any]:
+    """Attributes that must be equal for an existing feature file to be reused."""
+    return {
+        "tile_config_hash": str(tiles.attrs.get("config_hash") or ""),
+        "tiles_digest": tiles_digest(tiles),
+        "encoder": encoder.name,
+        "weights_id": encoder.weights_id,
+        "feature_dim": encoder.feature_dim,
+    }
+
+
+def extract_slide_features(
+    tile_h5: str | os.PathLike,
+    encoder: Encoder,
+    out_h5: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    progress: bool = True,
+    overwrite: bool = False,
+    reader_factory: ReaderFactory = open_reader,
+) -> ExtractionStats:
+    """Encode every tile of one tile file into ``out_h5`` (see :mod:`slidemil.features.store` for the layout).
+
+    Skips (``skipped=True``) when ``out_h5`` is complete and was made from the same tiles with the same encoder
+    and weights, unless ``overwrite``. A slide with no tiles gets an empty (0, d) file flagged ``empty=True``.
+    """
+    tiles = read_tiles(tile_h5)
+    key = _match_key(tiles, encoder)
+    out_h5 = Path(out_h5)
+    if not overwrite and is_complete(out_h5, **key):
+        log.info("%s: features up to date in %s, skipping", tiles.slide_id, out_h5)
+        return ExtractionStats(len(tiles), 0.0, 0.0, tiles.slide_id, skipped=True, out_path=str(out_h5))
+
+    dev = resolve_device(device)
+    attrs: dict[str, Any] = {**encoder.describe(), **tiles.geometry.as_attrs()}
+    attrs.update({k: tiles.attrs[k] for k in _COPIED_TILE_ATTRS if k in tiles.attrs})
+    attrs.update(key)
+    attrs.update(
+        slide_id=tiles.slide_id,
+        tile_file=str(tile_h5),
+        empty=len(tiles) == 0,
+        device=dev.type,
+        precision="float16-autocast" if (dev.type == "cuda" and amp) else "float32",
+    )
+    if len(tiles) == 0:
+        log.warning(
+            "%s: tile file has no tiles; writing an empty (0, %d) feature file",
+            tiles.slide_id,
+            encoder.feature_dim,
+        )
+
+    dataset = TileDataset.from_tiles(tiles, reader_factory)
+    start = time.perf_counter()
+    try:
+        with feature_writer(out_h5, tiles.coords, encoder.feature_dim, attrs) as ds:
+            if len(tiles):
+                encode_tiles(
+                    dataset,
+                    encoder,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                    device=dev,
+                    amp=amp,
+                    progress=progress,
+                    out=ds,
+                    desc=tiles.slide_id,
+                )
+    finally:
+        dataset.close()
+    seconds = time.perf_counter() - start
+    rate = len(tiles) / seconds if seconds > 0 else 0.0
+    log.info("%s: %d tiles in %.1f s (%.1f tiles/s) -> %s", tiles.slide_id, len(tiles), seconds, rate, out_h5)
+    return ExtractionStats(len(tiles), seconds, rate, tiles.slide_id, out_path=str(out_h5))
+
+
+def extract_many(
+    tile_files: Iterable[str | os.PathLike],
+    encoder: Encoder,
+    out_dir: str | os.PathLike,
+    *,
+    allow_failures: bool = False,
+    progress: bool = True,
+    **kw: Any,
+) -> ExtractionSummary:
+    """Extract features for many tile files into ``out_dir/<slide_id>.h5`` (slide_id = tile file stem).
+
+    A failing slide is logged and recorded, and the loop moves on; at the end
+    :class:`FeatureExtractionError` lists every failure unless ``allow_failures``. ``kw`` goes to
+    :func:`extract_slide_features`.
+    """
+    files: Sequence[Path] = [Path(p) for p in tile_files]
+    summary = ExtractionSummary()
+    out_dir = Path(out_dir)
+    bar = tqdm(files, unit="slide", desc=f"features {encoder.name}", disable=not progress)
+    for tile_h5 in bar:
+        slide_id = tile_h5.stem
+        try:
+            st = extract_slide_features(tile_h5, encoder, out_dir / f"{slide_id}.h5", progress=progress, **kw)
+        except Exception as exc:  # one bad slide must not stop a cohort
+            summary.failures[slide_id] = f"{type(exc).__name__}: {exc}"
+            log.error("%s: feature extraction failed: %s", slide_id, summary.failures[slide_id])
+            continue
+        summary.stats.append(st)
+        if not st.skipped:
+            bar.set_postfix(tiles_per_s=f"{st.tiles_per_s:.1f}")
+    n_skipped = sum(s.skipped for s in summary.stats)
+    log.info(
+        "features %s: %d slides extracted (%d tiles, %.1f tiles/s), %d up to date, %d failed",
+        encoder.name,
+        len(summary.stats) - n_skipped,
+        summary.n_tiles,
+        summary.tiles_per_s,
+        n_skipped,
+        len(summary.failures),
+    )
+    if summary.failures:
+        for sid, msg in summary.failures.items():
+            log.error("failed: %s: %s", sid, msg)
+        if not allow_failures:
+            raise FeatureExtractionError(summary)
+    return summary

@@ -1,0 +1,212 @@
+"""Feature extraction on a real slide: exact per-tile features, worker invariance, resume, failures, the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from slidemil.data.tile_store import TileSet, read_tiles, write_tiles
+from slidemil.encoders import build_encoder
+from slidemil.features import (
+    FeatureExtractionError,
+    extract_many,
+    extract_slide_features,
+    feature_dir,
+    list_feature_files,
+    read_features,
+    write_features,
+)
+from slidemil.slides.backends import open_slide
+
+N_TILES = 20
+TILE_PX = 224
+TARGET_MPP = 0.5
+MIN_SATURATION = 40  # mean HSV saturation (0..255) of H&E tissue; white background is < 15
+
+
+def _tissue_coords(reader, geometry, n: int) -> np.ndarray:
+    """``n`` grid tiles spread over the tissue, chosen from a thumbnail by mean saturation."""
+    thumb, ds = reader.thumbnail(max_side=512)
+    sat = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[..., 1]
+    w0, h0 = reader.dimensions
+    step = geometry.level0_px
+    keep = []
+    for y in range(0, h0 - step + 1, step):
+        for x in range(0, w0 - step + 1, step):
+            cell = sat[int(y / ds) : int((y + step) / ds), int(x / ds) : int((x + step) / ds)]
+            if cell.size and cell.mean() > MIN_SATURATION:
+                keep.append((x, y))
+    assert len(keep) >= n, f"only {len(keep)} tissue tiles found"
+    idx = np.linspace(0, len(keep) - 1, n).round().astype(int)
+    return np.array(keep, dtype=np.int64)[idx]
+
+
+def _write_tile_file(path: Path, slide: Path, coords: np.ndarray, geometry, mpp: float, config_hash="cfg-1"):
+    attrs = {"config_hash": config_hash, "slide_mpp": mpp, "width": 2220, "height": 2967}
+    # the tile store names files by slide id: data/tiles/<slide_id>.h5
+    write_tiles(
+        path, TileSet(path.stem, str(slide), coords, geometry, np.ones(len(coords), np.float32), attrs)
+    )
+
+
+@pytest.fixture(scope="module")
+def cmu(slides_dir, tmp_path_factory):
+    """A tile file with ~20 tissue tiles of CMU-1-Small-Region at 0.5 um/px, 224 px."""
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    root = tmp_path_factory.mktemp("features")
+    with open_slide(slide) as reader:
+        geometry = reader.tile_geometry(TILE_PX, TARGET_MPP)
+        coords = _tissue_coords(reader, geometry, N_TILES)
+        tiles = np.stack([reader.read_tile(tuple(c), geometry) for c in coords])
+        mpp = reader.mpp
+    # the chosen tiles really are tissue, read at full tile size
+    sats = [cv2.cvtColor(t, cv2.COLOR_RGB2HSV)[..., 1].mean() for t in tiles]
+    assert tiles.shape == (N_TILES, TILE_PX, TILE_PX, 3) and min(sats) > MIN_SATURATION / 2
+    tile_h5 = root / "tiles" / f"{slide.stem}.h5"
+    _write_tile_file(tile_h5, slide, coords, geometry, mpp)
+    return {
+        "root": root,
+        "slide": slide,
+        "tile_h5": tile_h5,
+        "tiles": tiles,
+        "geometry": geometry,
+        "mpp": mpp,
+    }
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return build_encoder("resnet18", "random", seed=0)
+
+
+@pytest.fixture(scope="module")
+def extracted(cmu, encoder):
+    out = cmu["root"] / "w0" / "CMU-1-Small-Region.h5"
+    stats = extract_slide_features(cmu["tile_h5"], encoder, out, batch_size=8, num_workers=0, progress=False)
+    return out, stats
+
+
+def test_features_equal_direct_encoding_of_each_tile(cmu, encoder, extracted):
+    out, stats = extracted
+    assert stats.n_tiles == N_TILES and not stats.skipped and stats.tiles_per_s > 0
+    feats, coords, attrs = read_features(out)
+    assert feats.shape == (N_TILES, 512) and feats.dtype == np.float32
+    np.testing.assert_array_equal(coords, read_tiles(cmu["tile_h5"]).coords)
+    direct = encoder.embed(torch.from_numpy(cmu["tiles"])).numpy()
+    np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-5)
+    assert len({f.tobytes() for f in feats}) == N_TILES  # no duplicated or shuffled-in rows
+    # identity, preprocessing and geometry travel with the features
+    assert attrs["complete"] is True and attrs["empty"] is False
+    assert attrs["encoder"] == "resnet18" and attrs["weights_id"] == "random:seed=0"
+    assert attrs["feature_dim"] == 512 and attrs["input_px"] == 224
+    assert attrs["mean"] == pytest.approx([0.485, 0.456, 0.406]) and attrs["std"] == pytest.approx(
+        [0.229, 0.224, 0.225]
+    )
+    assert attrs["slide_id"] == "CMU-1-Small-Region" and attrs["tile_config_hash"] == "cfg-1"
+    assert attrs["tile_px"] == TILE_PX and attrs["target_mpp"] == TARGET_MPP
+    assert attrs["level0_px"] == cmu["geometry"].level0_px and attrs["slide_mpp"] == pytest.approx(cmu["mpp"])
+    assert attrs["width"] == 2220 and attrs["precision"] == "float32"
+
+
+def test_two_workers_give_identical_features(cmu, encoder, extracted):
+    out2 = cmu["root"] / "w2" / "CMU-1-Small-Region.h5"
+    stats = extract_slide_features(cmu["tile_h5"], encoder, out2, batch_size=8, num_workers=2, progress=False)
+    assert stats.n_tiles == N_TILES
+    f0, c0, _ = read_features(extracted[0])
+    f2, c2, _ = read_features(out2)
+    np.testing.assert_array_equal(f0, f2)
+    np.testing.assert_array_equal(c0, c2)
+
+
+def test_resume_skips_matching_output_and_redoes_changed_weights(cmu, encoder, extracted, tmp_path):
+    coords = read_tiles(cmu["tile_h5"]).coords[:6]
+    tile_h5 = tmp_path / "tiles" / "CMU-1-Small-Region.h5"
+    _write_tile_file(tile_h5, cmu["slide"], coords, cmu["geometry"], cmu["mpp"])
+    out = tmp_path / "features" / "CMU-1-Small-Region.h5"
+    first = extract_slide_features(tile_h5, encoder, out, progress=False)
+    mtime = out.stat().st_mtime_ns
+    again = extract_slide_features(tile_h5, encoder, out, progress=False)
+    assert not first.skipped and again.skipped and again.n_tiles == 6
+    assert out.stat().st_mtime_ns == mtime
+
+    other = build_encoder("resnet18", "random", seed=1)
+    redo = extract_slide_features(tile_h5, other, out, progress=False)
+    assert not redo.skipped and out.stat().st_mtime_ns != mtime
+    feats, _, attrs = read_features(out)
+    assert attrs["weights_id"] == "random:seed=1"
+    assert not np.allclose(feats, read_features(extracted[0])[0][:6])
+
+    # a new tiling config for the same slide also invalidates the features
+    _write_tile_file(tile_h5, cmu["slide"], coords, cmu["geometry"], cmu["mpp"], config_hash="cfg-2")
+    assert not extract_slide_features(tile_h5, other, out, progress=False).skipped
+    assert read_features(out)[2]["tile_config_hash"] == "cfg-2"
+    assert extract_slide_features(tile_h5, other, out, progress=False).skipped
+
+
+def test_unfinished_output_is_redone(cmu, encoder, tmp_path):
+    out = tmp_path / "x.h5"
+    with h5py.File(out, "w") as f:  # what a killed run without atomic writes would leave
+        f.create_dataset("features", data=np.zeros((N_TILES, 512), np.float32))
+        f.attrs["encoder"] = "resnet18"
+    coords = read_tiles(cmu["tile_h5"]).coords[:4]
+    small = tmp_path / "small.h5"
+    _write_tile_file(small, cmu["slide"], coords, cmu["geometry"], cmu["mpp"])
+    st = extract_slide_features(small, encoder, out, progress=False)
+    assert not st.skipped
+    feats, _, attrs = read_features(out)
+    assert attrs["complete"] is True and feats.shape == (4, 512) and np.abs(feats).sum() > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left behind
+
+
+def test_slide_without_tiles_writes_flagged_empty_file(cmu, encoder, tmp_path):
+    empty = tmp_path / "empty.h5"
+    _write_tile_file(empty, cmu["slide"], np.zeros((0, 2), np.int64), cmu["geometry"], cmu["mpp"])
+    st = extract_slide_features(empty, encoder, tmp_path / "out" / "empty.h5", progress=False)
+    assert st.n_tiles == 0
+    feats, coords, attrs = read_features(tmp_path / "out" / "empty.h5")
+    assert feats.shape == (0, 512) and coords.shape == (0, 2)
+    assert attrs["empty"] is True and attrs["complete"] is True
+
+
+def test_extract_many_continues_past_bad_slides_and_reports_them(cmu, encoder, tmp_path):
+    good = tmp_path / "tiles" / "good.h5"
+    _write_tile_file(good, cmu["slide"], read_tiles(cmu["tile_h5"]).coords[:3], cmu["geometry"], cmu["mpp"])
+    missing_slide = tmp_path / "tiles" / "gone.h5"
+    _write_tile_file(missing_slide, tmp_path / "gone.svs", np.array([[0, 0]]), cmu["geometry"], cmu["mpp"])
+    garbage = tmp_path / "tiles" / "garbage.h5"
+    garbage.write_bytes(b"not hdf5")
+    out_dir = tmp_path / "features"
+    files = [missing_slide, good, garbage]
+
+    with pytest.raises(FeatureExtractionError) as info:
+        extract_many(files, encoder, out_dir, progress=False)
+    summary = info.value.summary
+    assert set(summary.failures) == {"gone", "garbage"}
+    assert "gone" in str(info.value) and "garbage" in str(info.value)
+    assert [s.slide_id for s in summary.stats] == ["good"] and summary.n_tiles == 3
+    assert read_features(out_dir / "good.h5")[0].shape == (3, 512)
+
+    again = extract_many(files, encoder, out_dir, progress=False, allow_failures=True)
+    assert again.stats[0].skipped and set(again.failures) == {"gone", "garbage"}
+    assert list_feature_files(out_dir) == {"good": out_dir / "good.h5"}
+
+
+def test_store_lists_only_finished_files_and_sanitises_encoder_dirs(tmp_path):
+    folder = feature_dir(tmp_path, "timm:vit_small_patch16_224.dino")
+    assert folder == tmp_path / "timm-vit_small_patch16_224.dino"
+    write_features(folder / "a.h5", np.ones((2, 4)), np.array([[0, 0], [1, 1]]), {"slide_id": "a"})
+    with h5py.File(folder / "b.h5", "w") as f:
+        f.attrs["slide_id"] = "b"  # unfinished
+    (folder / ".a.h5.xyz.h5.tmp").write_bytes(b"")
+    assert list_feature_files(folder) == {"a": folder / "a.h5"}
+    assert set(list_feature_files(folder, include_incomplete=True)) == {"a", "b"}
+    with pytest.raises(ValueError, match="incomplete"):
+        read_features(folder / "b.h5")
+    with pytest.raises(ValueError, match=r"\(N, d\)"):
+        write_features(folder / "c.h5", np.ones((3, 4)), np.zeros((2, 2)), {})
+    assert not (folder / "c.h5").exists()
