@@ -68,7 +68,8 @@ def main() -> int:
                                                               {"attention": scores}, r.slide_id))
         row = {"slide_id": r.slide_id, "fold": fold, "label": manifest.at[r.slide_id, "label"],
                "pred": pred["label"], **{f"prob_{c}": v for c, v in pred["probabilities"].items()},
-               "n_tiles": len(coords), "top_tiles": len(top)}
+               "n_tiles": len(coords), "top_tiles": len(top), "slide_width": reader.dimensions[0],
+               "slide_height": reader.dimensions[1], "thumb_downsample": ds}
         auroc = _localisation(manifest.loc[r.slide_id], coords, tiles.geometry.level0_px, scores)
         row["localisation_auroc"] = auroc
         rows.append(row)

@@ -18,11 +18,27 @@ def default_tracking_uri(project_root: str | Path) -> str:
     return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
 
 
+_SET_BY_US: set[str] = set()
+
+
+def tracking_uri(project_root: str | Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when the user set it, else the project's embedded sqlite store.
+
+    ``mlflow.set_tracking_uri`` writes the variable too, so a value this module put there is not mistaken for
+    the user's choice when another project root is set up later in the same process.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env not in _SET_BY_US:
+        return env
+    return default_tracking_uri(project_root)
+
+
 def setup_tracking(project_root: str | Path, experiment: str) -> str:
     """Point MLflow at the store (env var wins) and return the experiment id, creating it if needed."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(project_root)
+    uri = tracking_uri(project_root)
+    _SET_BY_US.add(uri)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
