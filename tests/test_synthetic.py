@@ -35,8 +35,8 @@ def demo(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
         out,
         n_cases=6,
         slides_per_case=2,
-        width_um=700,
-        height_um=560,
+        width_um=600,
+        height_um=480,
         mpp_choices=(0.5, 0.25),
         seed=3,
         workers=1,
@@ -156,8 +156,8 @@ def test_resume_skips_existing_slides(demo):
         out,
         n_cases=6,
         slides_per_case=2,
-        width_um=700,
-        height_um=560,
+        width_um=600,
+        height_um=480,
         mpp_choices=(0.5, 0.25),
         seed=3,
         progress=False,
@@ -256,7 +256,7 @@ def test_subtypes_differ_in_nuclear_morphology_not_colour(morphology_slides):
     assert b["nuclear_fraction"] > 2.0 * n["nuclear_fraction"]
     # ...while the two tumour subtypes have about the same mean colour (no colour shortcut)
     diff_ab = np.abs(a["mean_rgb"] - b["mean_rgb"]).max()
-    assert diff_ab < 16, f"mean colour differs by {diff_ab:.1f}"
+    assert diff_ab < 12, f"mean colour differs by {diff_ab:.1f}"
 
 
 # ---- physical scale --------------------------------------------------------------------------------
@@ -283,9 +283,10 @@ def test_same_scene_at_two_pixel_sizes_agrees_at_equal_physical_resolution(tmp_p
 def test_streaming_keeps_memory_far_below_level0(tmp_path):
     """A 12k x 12k slide (412 MiB of raw level 0) streams with a small working set.
 
-    Peak RSS (VmHWM: getrusage's maxrss is inherited from the forking parent on Linux) is measured
-    in a fresh process after imports; most of the slide is glass so the test stays fast, but strips,
-    spools and pages cover the full 12k x 12k either way.
+    Peak RSS (VmHWM; getrusage's maxrss is inherited from the forking parent on Linux) is measured in
+    a fresh process after a small warm-up slide (imports, texture tables and allocator pools are a
+    one-off ~130 MiB whatever the slide size). Most of the slide is glass so the test stays fast, but
+    strips, spools and pages cover the full 12k x 12k either way.
     """
     if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc/self/status (Linux) to read the peak RSS")
@@ -302,6 +303,8 @@ def test_streaming_keeps_memory_far_below_level0(tmp_path):
             for line in open("/proc/self/status"):
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1])
+        warm = SyntheticSlideSpec("warm", "c", "subtype_a", 1500, 1500, 0.5, seed=3, tumour_fraction=0.1)
+        generate_slide(warm, {str(tmp_path)!r})
         before = peak_kib()
         generate_slide(spec, {str(tmp_path)!r})
         print((peak_kib() - before) / 1024)
@@ -317,3 +320,22 @@ def test_streaming_keeps_memory_far_below_level0(tmp_path):
         assert s.dimensions == (12000, 12000)
         assert s.level_count == 3
         assert s.level_dimensions[2] == (750, 750)
+
+
+def test_polygon_coverage_is_exact_and_block_independent():
+    from slidemil.slides.synthetic_raster import polygon_coverage
+
+    theta = np.linspace(0, 2 * np.pi, 37, endpoint=False)
+    ring = np.stack([60 + 40.3 * np.cos(theta), 50 + 25.7 * np.sin(theta)], axis=1)
+    hole = np.stack([60 + 10 * np.cos(theta), 50 + 8 * np.sin(theta)], axis=1)
+    whole = polygon_coverage([ring, hole], 100, 120, vsub=8)
+    area = 0.5 * abs(
+        np.dot(ring[:, 0], np.roll(ring[:, 1], -1)) - np.dot(ring[:, 1], np.roll(ring[:, 0], -1))
+    )
+    area -= 0.5 * abs(
+        np.dot(hole[:, 0], np.roll(hole[:, 1], -1)) - np.dot(hole[:, 1], np.roll(hole[:, 0], -1))
+    )
+    assert whole.sum() == pytest.approx(area, rel=2e-3)
+    assert whole[50, 60] == 0.0 and whole[50, 30] == 1.0  # hole empty, body full
+    part = polygon_coverage([ring - (37, 41), hole - (37, 41)], 30, 50, vsub=8)
+    assert np.array_equal(part, whole[41:71, 37:87])

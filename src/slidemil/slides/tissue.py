@@ -1,8 +1,18 @@
 """Tissue segmentation (methods.md section 0, CLAM style) with a pen-ink / artefact filter.
 
 On a low-resolution image of the slide: HSV -> median-blurred saturation -> threshold (fixed or Otsu) ->
-remove ink and dark artefacts -> morphological close -> contours with holes -> drop small pieces and holes.
-Area thresholds are in units of a 512 x 512 level-0 tile, so they mean the same at every downsample.
+remove glass, ink and dark artefacts -> morphological close -> contours with holes -> drop small pieces and
+small holes, keep the largest ``max_n_holes`` holes. Area thresholds are in units of a 512 x 512 level-0
+tile, so they mean the same thing at every downsample.
+
+Defaults that differ from CLAM, and why:
+
+- ``seg_downsample=64`` as in CLAM, but the mask keeps at least ``min_mask_side`` pixels on its longer side:
+  a 3k-px slide at 64x would give a 46-px mask on which the 7-px median blur erases everything.
+- ``a_t=1`` / ``a_h=1`` (CLAM: 100 / 16 for 40x gigapixel slides). ``a_t=100`` is 26 Mpx of level 0, more
+  than a whole 2220 x 2967 slide; one 512 x 512 tile is the smallest piece worth tiling at 20x.
+- ``filter_pen=True``: ink (red, green, blue), glass and near-black artefacts are removed (see
+  :func:`ink_mask`); switch it off for stains whose colours collide with the ink rules.
 
 Per-slide fixes: :func:`load_overrides` reads a CSV (``slide_id`` + any :class:`TissueParams` field) so one
 odd slide can be re-segmented without touching the rest.
@@ -11,7 +21,8 @@ odd slide can be re-segmented without touching the rest.
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, fields, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import cv2
@@ -21,39 +32,54 @@ from slidemil.slides.reader import SlideReader
 
 REF_AREA = 512 * 512  # level-0 px: the unit of a_t and a_h
 
+# OpenCV hue runs 0..179 (degrees / 2). H&E lives in 125..172: haematoxylin purple-blue ~125-150, eosin pink
+# ~150-172. Red ink sits at >= 173 or <= 8 (its blue and green channels are nearly equal, eosin keeps blue
+# well above green), green/cyan ink 30-100 and blue ink 100-130, where H&E never goes.
+RED_HUE_MIN, RED_HUE_MAX_WRAP = 173, 8
+GREEN_HUES = (30, 100)
+BLUE_HUES = (100, 130)
+
 
 @dataclass(frozen=True)
 class TissueParams:
-    """Defaults follow CLAM except the area filters (CLAM's a_t=100 drops everything on a small slide)."""
+    """Segmentation settings; every field can be overridden per slide (see :func:`load_overrides`)."""
 
-    seg_downsample: float = 16.0  # segment at about this level-0 downsample (coarsest level not coarser)
-    median_kernel: int = 7
-    sat_threshold: int = 8
+    seg_downsample: float = 64.0  # target level-0 px per mask px (the nearest level / thumbnail is used)
+    min_mask_side: int = 512  # ... but the mask's longer side keeps at least this many px (small slides)
+    median_kernel: int = 7  # median blur of the saturation channel (odd)
+    sat_threshold: int = 8  # saturation (0-255) above which a pixel is tissue; ignored with use_otsu
     use_otsu: bool = False
-    close_kernel: int = 4
-    a_t: float = 1.0  # min tissue piece area, x 512^2 level-0 px
-    a_h: float = 1.0  # min hole area, x 512^2 level-0 px
-    max_n_holes: int = 8
-    filter_pen: bool = True  # remove red/green/blue ink and near-black artefacts
-    dark_value: int = 40  # HSV value below which a pixel is an artefact (ink blot, folded edge, shadow)
-    bright_value: int = 235  # pixels this bright and barely saturated (< 2 x sat_threshold + 10) are glass
+    close_kernel: int = 4  # morphological closing (mask px); 0 = off
+    a_t: float = 1.0  # drop tissue pieces (net of holes) smaller than a_t x 512^2 level-0 px
+    a_h: float = 1.0  # drop (fill) holes smaller than a_h x 512^2 level-0 px
+    max_n_holes: int = 8  # keep at most this many holes per piece (the largest)
+    filter_pen: bool = True  # remove ink (red/green/blue), near-black artefacts; glass is always removed
+    bright_value: int = 235  # brighter than this (HSV value) and barely saturated = glass, not tissue
+    dark_value: int = 40  # darker than this (HSV value) = ink blot / debris / folded edge, not tissue
+    ink_saturation: int = 80  # saturation of an ink *core* (red / green; blue ink needs 1.5x this)
+    ink_halo_saturation: int = 15  # fainter ink-coloured pixels touching a core (blurred pen edges) are ink
+    ink_max_texture: float = 12.0  # red ink cores are smooth (local std of value < this); red blood is not
 
     def __post_init__(self) -> None:
         if self.median_kernel < 1 or self.median_kernel % 2 == 0:
             raise ValueError(f"median_kernel must be odd and >= 1, got {self.median_kernel}")
-        if not 0 <= self.sat_threshold <= 255:
-            raise ValueError(f"sat_threshold must be in 0..255, got {self.sat_threshold}")
+        for name in ("sat_threshold", "bright_value", "dark_value", "ink_saturation", "ink_halo_saturation"):
+            if not 0 <= getattr(self, name) <= 255:
+                raise ValueError(f"{name} must be in 0..255, got {getattr(self, name)}")
         if self.seg_downsample < 1:
             raise ValueError(f"seg_downsample must be >= 1, got {self.seg_downsample}")
-        if self.a_t < 0 or self.a_h < 0 or self.max_n_holes < 0 or self.close_kernel < 0:
-            raise ValueError("a_t, a_h, max_n_holes and close_kernel must be >= 0")
+        if self.min_mask_side < 1:
+            raise ValueError(f"min_mask_side must be >= 1, got {self.min_mask_side}")
+        for name in ("a_t", "a_h", "max_n_holes", "close_kernel"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TissueParams:
         return cls().with_overrides(d)
 
     def with_overrides(self, overrides: dict) -> TissueParams:
-        """Copy with values parsed from strings (CSV cells); empty cells keep the current value."""
+        """Copy with values parsed from strings (CSV cells) or typed values; empty cells keep the value."""
         types = {f.name: f.type for f in fields(self)}
         changes = {}
         for key, raw in overrides.items():
@@ -62,13 +88,16 @@ class TissueParams:
             if raw is None or (isinstance(raw, str) and raw.strip() == ""):
                 continue
             changes[key] = _parse(key, raw, types[key])
-        return replace(self, **changes)
+        try:
+            return replace(self, **changes)
+        except ValueError as exc:  # range checks of __post_init__
+            raise ValueError(f"tissue parameters {changes}: {exc}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _parse(key: str, raw, typ: str):
+def _parse(key: str, raw: object, typ: str) -> bool | int | float:
     try:
         if typ == "bool":
             if isinstance(raw, bool):
@@ -77,159 +106,253 @@ def _parse(key: str, raw, typ: str):
             if value not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(raw)
             return value in ("true", "1", "yes")
+        if isinstance(raw, bool):
+            raise ValueError(raw)
+        number = float(raw)  # type: ignore[arg-type]
+        if not math.isfinite(number):
+            raise ValueError(raw)
         if typ == "int":
-            f = float(raw)
-            if f != int(f):
+            if number != int(number):
                 raise ValueError(raw)
-            return int(f)
-        return float(raw)
+            return int(number)
+        return number
     except (TypeError, ValueError):
         raise ValueError(f"tissue parameter {key}: cannot parse {raw!r} as {typ}") from None
 
 
 def load_overrides(csv_path: str | Path) -> dict[str, dict[str, str]]:
-    """``{slide_id: {param: value}}`` from a CSV; empty cells are dropped; bad columns fail naming them."""
+    """``{slide_id: {param: value}}`` from a CSV; empty cells are dropped; errors name the line/column."""
     out: dict[str, dict[str, str]] = {}
     known = {f.name for f in fields(TissueParams)}
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]
         if "slide_id" not in cols:
-            raise ValueError(f"{csv_path}: needs a slide_id column")
+            raise ValueError(f"{csv_path}: needs a slide_id column, found {cols}")
         unknown = [c for c in cols if c != "slide_id" and c not in known]
         if unknown:
             raise ValueError(f"{csv_path}: unknown column(s) {unknown}; allowed: {sorted(known)}")
         for lineno, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            if None in row:
+                raise ValueError(f"{csv_path} line {lineno}: more cells than header columns")
+            row = {k.strip(): (v or "").strip() for k, v in row.items()}
             sid = row.pop("slide_id")
             if not sid:
                 raise ValueError(f"{csv_path} line {lineno}: empty slide_id")
+            if sid in out:
+                raise ValueError(f"{csv_path} line {lineno}: slide_id {sid!r} appears twice")
             values = {k: v for k, v in row.items() if v}
-            try:
-                TissueParams().with_overrides(values)
-            except ValueError as exc:
-                raise ValueError(f"{csv_path} line {lineno} ({sid}): {exc}") from None
+            for key, value in values.items():
+                try:
+                    TissueParams().with_overrides({key: value})
+                except ValueError as exc:
+                    raise ValueError(f"{csv_path} line {lineno} ({sid}), column {key}: {exc}") from None
             out[sid] = values
     return out
 
 
 # ---- pixel-level mask --------------------------------------------------------------------------------
-def ink_mask(rgb: np.ndarray, hsv: np.ndarray, dark_value: int = 40) -> np.ndarray:
-    """Pen ink (green, blue, red) and near-black artefacts; H&E is pink/purple, never green or pure blue.
+def ink_mask(rgb: np.ndarray, params: TissueParams) -> np.ndarray:
+    """Pen ink (red, green, blue) and near-black artefacts, as a bool mask.
 
-    OpenCV hue runs 0..180: green/cyan ink ~40-100, blue ink ~100-122 (hematoxylin is purple, >= ~125),
-    red ink is saturated red whose blue channel stays low (eosin pink keeps blue high).
+    Hysteresis: strongly coloured *cores* are ink; fainter ink-coloured pixels count only when connected to a
+    core. That removes the blurred halo of an out-of-focus pen stroke without touching pale eosin elsewhere.
+    Red cores must also be smooth (out-of-focus ink) so that red blood cells, textured, stay tissue.
+    Colours are judged on a median-blurred copy (the hue of one noisy pixel means nothing), texture on
+    the raw image.
     """
-    h, s, v = hsv[..., 0].astype(np.int16), hsv[..., 1].astype(np.int16), hsv[..., 2].astype(np.int16)
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
-    green = (h >= 35) & (h < 100) & (s > 30)
-    blue = (h >= 100) & (h < 122) & (s > 50)
-    red = ((h <= 10) | (h >= 165)) & (s > 80) & (r > 40) & (b < 0.68 * r) & (g < 0.5 * r)
-    dark = v < dark_value
-    return green | blue | red | dark
+    k = params.median_kernel if params.median_kernel <= min(rgb.shape[:2]) else 1
+    smooth = cv2.medianBlur(rgb, k) if k > 1 else rgb
+    hsv = cv2.cvtColor(smooth, cv2.COLOR_RGB2HSV)
+    texture = _local_std(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    h, s, v = (hsv[..., i].astype(np.int16) for i in range(3))
+    red_hue = (h >= RED_HUE_MIN) | (h <= RED_HUE_MAX_WRAP)
+    green_hue = (h >= GREEN_HUES[0]) & (h < GREEN_HUES[1])
+    blue_hue = (h >= BLUE_HUES[0]) & (h < BLUE_HUES[1])
+    core_s = params.ink_saturation
+    core = (
+        (red_hue & (s > core_s) & (texture < params.ink_max_texture))  # blood is red but textured
+        | (green_hue & (s > core_s // 2))  # H&E is never green: a weaker core is safe
+        | (blue_hue & (s > core_s * 3 // 2))  # IHC / bluish haematoxylin reaches s ~ 100
+        | (v < params.dark_value)
+    )
+    if not core.any():
+        return core
+    halo_s = params.ink_halo_saturation
+    # dark, saturated red-purple: the centre of thick red/black ink (eosin and blood are never this dark)
+    dark_ink = (v < 110) & (s > 90) & ((h >= 160) | (h <= RED_HUE_MAX_WRAP))
+    # pale pink-grey fringe of red ink on glass: red hue drifts towards eosin as the ink fades out
+    pale_red = (h >= RED_HUE_MIN - 8) & (s > halo_s) & (s < 60) & (v > 180)
+    # out-of-focus ink of any colour is smooth; tissue at the same darkness has texture
+    smooth_dark = (texture < params.ink_max_texture / 2) & (s > halo_s) & (v < 200)
+    weak = ((red_hue | green_hue | blue_hue) & (s > halo_s)) | pale_red | dark_ink | smooth_dark | core
+    n, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    has_core = np.zeros(n, bool)
+    has_core[np.unique(labels[core])] = True
+    has_core[0] = False
+    return has_core[labels]
+
+
+def _local_std(channel: np.ndarray, window: int = 9) -> np.ndarray:
+    """Standard deviation of ``channel`` over a ``window`` box around each pixel."""
+    x = channel.astype(np.float32)
+    mean = cv2.blur(x, (window, window))
+    return np.sqrt(np.maximum(cv2.blur(x * x, (window, window)) - mean * mean, 0.0))
 
 
 def tissue_mask_from_rgb(rgb: np.ndarray, params: TissueParams, downsample: float = 1.0) -> np.ndarray:
     """Boolean tissue mask of ``rgb`` (an image at ``downsample`` level-0 px per px)."""
-    rgb = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
+    mask, _ = _mask_and_pieces(rgb, params, downsample)
+    return mask
+
+
+def _mask_and_pieces(rgb: np.ndarray, params: TissueParams, downsample: float):
+    """(final bool mask, [(outer, [holes])] at mask scale) -- one pass so both always agree."""
+    rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3], dtype=np.uint8)
+    k = params.median_kernel if params.median_kernel <= min(rgb.shape[:2]) else 1
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    sat = cv2.medianBlur(hsv[..., 1], params.median_kernel) if params.median_kernel > 1 else hsv[..., 1]
+    sat = cv2.medianBlur(hsv[..., 1], k) if k > 1 else hsv[..., 1]
     if params.use_otsu:
         _, mask = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     else:
         _, mask = cv2.threshold(sat, params.sat_threshold, 255, cv2.THRESH_BINARY)
+    # bright, barely coloured = glass (JPEG noise and colour casts push glass saturation just over 8)
     glass = (hsv[..., 2] >= params.bright_value) & (sat < 2 * params.sat_threshold + 10)
     mask[glass] = 0
     if params.filter_pen:
-        ink = ink_mask(rgb, hsv, params.dark_value)
-        ink = cv2.dilate(ink.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # ink edges are antialiased
+        ink = ink_mask(rgb, params)
+        ink = cv2.dilate(ink.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # anti-aliased ink edges
         mask[ink] = 0
     if params.close_kernel > 0:
         kernel = np.ones((params.close_kernel, params.close_kernel), np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-    contours = _filtered_contours(mask, params, downsample)
+    return _filter_pieces(mask, params, downsample)
+
+
+def _filter_pieces(mask: np.ndarray, params: TissueParams, downsample: float):
+    """Area filters on the contour tree; returns the redrawn mask and the kept (outer, holes) pieces.
+
+    RETR_TREE is RETR_CCOMP plus nesting: an outer contour's children are its holes (as in CLAM), and a piece
+    lying inside another piece's hole is drawn after that hole, so it is not erased.
+    """
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
     out = np.zeros(mask.shape, np.uint8)
-    for outer, holes in contours:
-        cv2.drawContours(out, [outer], -1, 1, thickness=cv2.FILLED)
-        if holes:
-            cv2.drawContours(out, holes, -1, 0, thickness=cv2.FILLED)
-    return out.astype(bool)
-
-
-def _filtered_contours(mask: np.ndarray, params: TissueParams, downsample: float):
-    """[(outer contour, [holes])] at mask scale after the area filters (areas in level-0 units)."""
-    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     if hierarchy is None:
-        return []
+        return out.astype(bool), []
     hierarchy = hierarchy[0]
-    unit = REF_AREA / (downsample * downsample)
+    depth = np.zeros(len(contours), int)
+    for i in range(len(contours)):
+        parent = hierarchy[i][3]
+        while parent != -1:
+            depth[i] += 1
+            parent = hierarchy[parent][3]
+    unit = REF_AREA / (downsample * downsample)  # one 512 x 512 level-0 tile, in mask px
     min_tissue, min_hole = params.a_t * unit, params.a_h * unit
-    result = []
-    for i, (_, _, first_child, parent) in enumerate(hierarchy):
-        if parent != -1:
-            continue
-        holes = []
-        child = first_child
+    pieces = []
+    for i in sorted(np.flatnonzero(depth % 2 == 0), key=lambda j: depth[j]):
+        holes, child = [], hierarchy[i][2]
         while child != -1:
             holes.append(contours[child])
             child = hierarchy[child][0]
-        hole_areas = [cv2.contourArea(h) for h in holes]
-        area = cv2.contourArea(contours[i]) - sum(hole_areas)
+        hole_areas = [cv2.contourArea(hc) for hc in holes]
+        # +perimeter/2: contours run through boundary pixel centres, so 1-px pieces have contourArea 0
+        area = cv2.contourArea(contours[i]) + cv2.arcLength(contours[i], True) / 2 - sum(hole_areas)
         if area <= 0 or area < min_tissue:
             continue
-        kept = [
-            h for h, a in sorted(zip(holes, hole_areas, strict=True), key=lambda t: -t[1]) if a > min_hole
-        ][: params.max_n_holes]
-        result.append((contours[i], kept))
-    return result
+        ranked = sorted(zip(hole_areas, range(len(holes)), strict=True), reverse=True)
+        kept = [holes[j] for a, j in ranked if a > 0 and a >= min_hole][: params.max_n_holes]
+        cv2.drawContours(out, [contours[i]], -1, 1, thickness=cv2.FILLED)
+        if kept:
+            cv2.drawContours(out, kept, -1, 0, thickness=cv2.FILLED)
+            # a hole's own boundary pixels are tissue (findContours traces holes through tissue pixels)
+            cv2.drawContours(out, kept, -1, 1, thickness=1)
+        pieces.append((contours[i], kept))
+    return out.astype(bool), pieces
 
 
 # ---- slide-level segmentation ------------------------------------------------------------------------
 @dataclass
 class TissueSegmentation:
-    """``mask`` at ``downsample`` level-0 px per px; ``contours``: [outer, *holes] arrays in level-0 px."""
+    """Result of :func:`segment_tissue`.
+
+    ``mask``: bool (h, w), pixel (i, j) covers level-0 ``[j*ds, (j+1)*ds) x [i*ds, (i+1)*ds)`` with
+    ``ds = downsample``; ``contours``: one ``[outer, *holes]`` list of (n, 2) float arrays per tissue piece,
+    in level-0 px through the centres of boundary mask pixels; ``slide_dims``: level-0 (w, h).
+    """
 
     mask: np.ndarray
     downsample: float
     contours: list[list[np.ndarray]]
     slide_dims: tuple[int, int]
+    _sat: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def tissue_fraction(self) -> float:
+        """Fraction of the slide area inside the tissue mask."""
         return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.contours
 
     def coverage(self, xs: np.ndarray, ys: np.ndarray, size_level0: float) -> np.ndarray:
         """Fraction of each square footprint (top-left level-0 ``xs, ys``, side ``size_level0``) in tissue.
 
-        Summed-area table over the mask; footprint edges are mapped to mask pixels by rounding, and parts
-        beyond the mask count as background.
+        Exact area-weighted coverage: the summed-area table of a piecewise-constant mask is bilinear inside
+        each pixel, so interpolating it at fractional corners integrates partial pixels correctly. Parts of a
+        footprint beyond the mask (slide edge) count as background.
         """
-        xs = np.asarray(xs, dtype=np.float64)
-        ys = np.asarray(ys, dtype=np.float64)
+        xs = np.asarray(xs, dtype=np.float64).ravel()
+        ys = np.asarray(ys, dtype=np.float64).ravel()
+        if xs.shape != ys.shape:
+            raise ValueError(f"xs and ys differ in length: {xs.shape} vs {ys.shape}")
+        if size_level0 <= 0:
+            raise ValueError(f"size_level0 must be positive, got {size_level0}")
+        if self._sat is None:
+            sat = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.float64)
+            sat[1:, 1:] = self.mask.astype(np.float64).cumsum(0).cumsum(1)
+            self._sat = sat
+        ds = float(self.downsample)
+        side = size_level0 / ds
+        x0, y0 = xs / ds, ys / ds
+        x1, y1 = x0 + side, y0 + side
+        inside = (
+            self._integral(x1, y1) - self._integral(x0, y1) - self._integral(x1, y0) + self._integral(x0, y0)
+        )
+        return np.clip(inside / (side * side), 0.0, 1.0)
+
+    def _integral(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Tissue area in mask px over [0, x) x [0, y), for fractional x, y (clipped to the mask)."""
+        sat = self._sat
         h, w = self.mask.shape
-        sat = np.zeros((h + 1, w + 1), np.int64)
-        sat[1:, 1:] = self.mask.astype(np.int64).cumsum(0).cumsum(1)
-        x0 = np.round(xs / self.downsample).astype(np.int64)
-        y0 = np.round(ys / self.downsample).astype(np.int64)
-        x1 = np.round((xs + size_level0) / self.downsample).astype(np.int64)
-        y1 = np.round((ys + size_level0) / self.downsample).astype(np.int64)
-        area = np.maximum((x1 - x0) * (y1 - y0), 1)
-        cx0, cy0 = np.clip(x0, 0, w), np.clip(y0, 0, h)
-        cx1, cy1 = np.clip(x1, 0, w), np.clip(y1, 0, h)
-        inside = sat[cy1, cx1] - sat[cy0, cx1] - sat[cy1, cx0] + sat[cy0, cx0]
-        return inside / area
+        x = np.clip(x, 0.0, w)
+        y = np.clip(y, 0.0, h)
+        ix = np.minimum(np.floor(x).astype(np.int64), max(w - 1, 0))
+        iy = np.minimum(np.floor(y).astype(np.int64), max(h - 1, 0))
+        fx, fy = x - ix, y - iy
+        a, b = sat[iy, ix], sat[iy, ix + 1]
+        c, d = sat[iy + 1, ix], sat[iy + 1, ix + 1]
+        return a + fx * (b - a) + fy * (c - a) + fx * fy * (d - b - c + a)
+
+
+def seg_downsample_for(dimensions: tuple[int, int], params: TissueParams) -> float:
+    """Downsample to segment at: ``seg_downsample``, made finer so the mask keeps ``min_mask_side`` px."""
+    longest = max(dimensions)
+    return max(1.0, min(params.seg_downsample, longest / params.min_mask_side))
 
 
 def segment_tissue(reader: SlideReader, params: TissueParams) -> TissueSegmentation:
-    """Segment the slide on a low-resolution image (never level 0 of a large slide)."""
+    """Segment the slide on a low-resolution image (read from the coarsest level with enough pixels).
+
+    No tissue is not an error here: the result is empty (``contours == []``, all-False mask) and the caller
+    decides (the tiling stage raises :class:`~slidemil.slides.errors.NoTissueError`).
+    """
     w0, h0 = reader.dimensions
-    max_side = max(64, int(np.ceil(max(w0, h0) / params.seg_downsample)))
-    image, downsample = reader.thumbnail(max_side=max_side)
-    mask = tissue_mask_from_rgb(image, params, downsample)
-    contours = []
-    for outer, holes in _filtered_contours(
-        mask.astype(np.uint8), replace(params, a_t=0.0, a_h=0.0), downsample
-    ):
-        rings = [outer, *holes]
-        contours.append([(r.reshape(-1, 2).astype(np.float64) + 0.5) * downsample for r in rings])
+    target = seg_downsample_for((w0, h0), params)
+    image, downsample = reader.thumbnail(max_side=max(1, math.floor(max(w0, h0) / target)))
+    mask, pieces = _mask_and_pieces(image, params, downsample)
+    contours = [
+        [(ring.reshape(-1, 2).astype(np.float64) + 0.5) * downsample for ring in (outer, *holes)]
+        for outer, holes in pieces
+    ]
     return TissueSegmentation(mask=mask, downsample=float(downsample), contours=contours, slide_dims=(w0, h0))
