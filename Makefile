@@ -23,11 +23,11 @@ demo: setup
 	$(BIN)/dvc repro
 
 test: setup
-	$(BIN)/ruff check src pipelines tests benchmarks
+	$(BIN)/ruff check src pipelines tests benchmarks serving dashboard
 	$(BIN)/pytest -q --timeout=1800
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check src pipelines tests benchmarks
+	$(BIN)/ruff check src pipelines tests benchmarks serving dashboard

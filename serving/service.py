@@ -1,0 +1,357 @@
+"""BentoML service ``SlideMIL``: the registered champion bundle behind HTTP.
+
+Start (from the project root): ``bentoml serve serving.service:SlideMIL``. At start-up the worker loads the
+bundle that holds ``SLIDEMIL_MODEL_ALIAS`` (default ``champion``) of ``SLIDEMIL_MODEL_NAME`` from the MLflow
+registry (``MLFLOW_TRACKING_URI``, default the project's ``mlflow.db``) and builds one
+:class:`~slidemil.inference.SlidePredictor`; nothing else is read from disk afterwards except uploads.
+
+Endpoints (all POST, JSON out): ``predict`` (multipart slide upload), ``predict_features`` (multipart HDF5 bag
+of tile features), ``health`` and ``metadata``. BentoML adds GET ``/readyz`` and ``/livez`` for probes.
+
+Concurrency: a worker runs synchronous APIs on ``threads=1`` thread, and a lock guards the predictor as well
+(``SlidePredictor`` is not safe to call concurrently). Requests are thus queued per worker while uploads are
+still received in parallel on the event loop; ``health``/``metadata`` are async and answer during inference.
+Scale out with ``SLIDEMIL_WORKERS`` (each worker holds its own model copy).
+
+Errors are answered as ``{"error": message, "code": code}`` with the status set through the request context,
+not by raising ``BentoMLException``: BentoML 1.4.39 wraps the body of a raised 4xx error in a list.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from pydantic import Field
+
+from serving.settings import FEATURE_SUFFIXES, SLIDE_SUFFIXES, ServingSettings
+from serving.uploads import ServingError, UploadGuard, install_strict_multipart, stashed_upload
+
+SETTINGS = ServingSettings.from_env()
+UPLOAD_ROUTES = ("/predict", "/predict_features")
+log = logging.getLogger("bentoml.slidemil")
+
+install_strict_multipart()
+
+
+@bentoml.service(
+    name="slidemil",
+    workers=SETTINGS.workers,
+    threads=1,
+    traffic={"timeout": SETTINGS.request_timeout_s, "max_concurrency": SETTINGS.max_concurrency},
+)
+class SlideMIL:
+    """Slide in -> diagnosis, class probabilities, attention heatmap, top tiles and per-tile GeoJSON out."""
+
+    def __init__(self) -> None:
+        import mlflow
+
+        from slidemil.inference import SlidePredictor
+
+        mlflow.set_tracking_uri(SETTINGS.tracking_uri)
+        t0 = time.perf_counter()
+        self.bundle, self.version = _load_champion(SETTINGS.model_name, SETTINGS.model_alias)
+        self.predictor = SlidePredictor(self.bundle, device=SETTINGS.device, batch_size=SETTINGS.batch_size)
+        self.feature_dim = int(self.bundle.encoder.get("feature_dim") or self.bundle.model_config["in_dim"])
+        self._lock = threading.Lock()
+        self._warm_up()
+        self.started = time.time()
+        self.counts: Counter[str] = Counter()
+        log.info(
+            "serving %s v%s (@%s) with encoder %s; ready in %.1f s",
+            SETTINGS.model_name,
+            self.version,
+            SETTINGS.model_alias,
+            self.bundle.encoder.get("name"),
+            time.perf_counter() - t0,
+        )
+
+    def _warm_up(self) -> None:
+        """One tiny forward pass so the first request does not pay for lazy initialisation."""
+        zeros = np.zeros((2, self.feature_dim), np.float32)
+        with self._lock:
+            self.bundle.predict_features(zeros, self.predictor.model)
+
+    def __is_ready__(self) -> bool:
+        return self.predictor is not None
+
+    # ---- endpoints ------------------------------------------------------------------------------------
+    @bentoml.api
+    def predict(
+        self,
+        slide: Annotated[Path, Field(description="the slide: .svs, .tif/.tiff, .ndpi, .png or .jpg/.jpeg")],
+        mpp: Annotated[
+            float | None,
+            Field(description="microns per pixel; required when the file has none (plain PNG/JPEG images)"),
+        ] = None,
+        top_k: Annotated[int, Field(description="how many top-attention tiles to return")] = 5,
+        heatmap: Annotated[bool, Field(description="render the heatmap, top tiles and GeoJSON")] = True,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict:
+        """Diagnose one slide: label, probabilities, attention heatmap (PNG, base64), top tiles, GeoJSON."""
+
+        def run() -> dict:
+            if mpp is not None and not (math.isfinite(mpp) and 0.01 <= mpp <= 100):
+                raise ServingError(
+                    400, "bad_mpp", f"mpp must be a pixel size in micrometres (0.01-100), got {mpp}"
+                )
+            if not 0 <= top_k <= SETTINGS.max_top_k:
+                raise ServingError(
+                    400, "bad_top_k", f"top_k must be between 0 and {SETTINGS.max_top_k}, got {top_k}"
+                )
+            with stashed_upload(slide, SLIDE_SUFFIXES, SETTINGS.max_upload_bytes, "slide") as (path, name):
+                try:
+                    with self._lock:
+                        pred = self.predictor.predict(
+                            path, slide_id=name, mpp=mpp, top_k=top_k, heatmap=heatmap
+                        )
+                except Exception as exc:
+                    raise _slide_error(exc, name, private_name=path.name) from exc
+            return self._prediction_json(pred, name)
+
+        return self._answer(ctx, "predict", run)
+
+    @bentoml.api
+    def predict_features(
+        self,
+        features: Annotated[
+            Path,
+            Field(
+                description="HDF5 file with a `features` dataset (N, d) "
+                "(+ optional `coords` (N, 2)), as slidemil writes"
+            ),
+        ],
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict:
+        """Predict from a bag of precomputed tile features (skips reading the slide and the encoder)."""
+
+        def run() -> dict:
+            families = {s: "hdf5" for s in FEATURE_SUFFIXES}
+            upload = stashed_upload(features, families, SETTINGS.max_upload_bytes, "feature file")
+            with upload as (path, name):
+                feats, coords, attrs = _read_bag(path, name, self.feature_dim, SETTINGS.max_feature_rows)
+            expected = self.bundle.encoder.get("weights_id")
+            got = attrs.get("weights_id")
+            if expected and got and got != expected:
+                raise ServingError(
+                    400,
+                    "encoder_mismatch",
+                    f"{name}: features come from encoder weights {got!r}; this model needs {expected!r}",
+                )
+            with self._lock:
+                pred = self.bundle.predict_features(feats, self.predictor.model)
+            scores = pred["tile_scores"]
+            return {
+                "features": name,
+                "label": pred["label"],
+                "probabilities": pred["probabilities"],
+                "n_tiles": int(feats.shape[0]),
+                "tile_scores": None if scores is None else _plain(np.asarray(scores)),
+                "coords": None if coords is None else coords.tolist(),
+                "model": self.model_info(),
+            }
+
+        return self._answer(ctx, "predict_features", run)
+
+    @bentoml.api
+    async def health(self) -> dict:
+        """Liveness plus what is being served and how many requests ended how (answers during inference)."""
+        return {
+            "status": "ok",
+            "model": self.model_info(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "busy": self._lock.locked(),
+            "requests": dict(self.counts),
+        }
+
+    @bentoml.api
+    async def metadata(self) -> dict:
+        """Everything a client needs to interpret results: model, classes, encoder, tiling, limits."""
+        b = self.bundle
+        return {
+            "model": self.model_info(),
+            "architecture": b.model_name,
+            "classes": list(b.class_names),
+            "encoder": {
+                k: b.encoder.get(k) for k in ("name", "weights", "weights_id", "feature_dim", "input_px")
+            },
+            "tiling": dict(b.tiling),
+            "tissue": dict(b.tissue),
+            "provenance": _plain(b.metadata),
+            "limits": SETTINGS.describe(),
+        }
+
+    # ---- helpers --------------------------------------------------------------------------------------
+    def model_info(self) -> dict:
+        return {"name": SETTINGS.model_name, "version": self.version, "alias": SETTINGS.model_alias}
+
+    def _answer(self, ctx: bentoml.Context, what: str, run: Callable[[], dict]) -> dict:
+        """Run an endpoint body; refusals become readable 4xx answers, surprises a logged 500."""
+        try:
+            out = run()
+            self.counts["ok"] += 1
+            return out
+        except ServingError as exc:
+            self.counts[exc.code] += 1
+            log.info("%s refused (%d %s): %s", what, exc.status, exc.code, exc.message)
+            ctx.response.status_code = exc.status
+            return exc.body()
+        except Exception:
+            ref = uuid.uuid4().hex[:8]
+            self.counts["internal_error"] += 1
+            log.exception("%s failed unexpectedly [ref %s]", what, ref)
+            ctx.response.status_code = 500
+            return {
+                "error": f"internal error in {what} (reference {ref}; see the server log)",
+                "code": "internal_error",
+            }
+
+    def _prediction_json(self, pred: Any, name: str) -> dict:
+        def b64(data: bytes | None) -> str | None:
+            return None if data is None else base64.b64encode(data).decode("ascii")
+
+        return {
+            "slide": name,
+            "label": pred.label,
+            "probabilities": pred.probabilities,
+            "n_tiles": int(pred.n_tiles),
+            "tile_px_level0": int(pred.level0_px),
+            "top_tiles": [
+                {
+                    "rank": int(t["rank"]),
+                    "x": int(t["x"]),
+                    "y": int(t["y"]),
+                    "score": _plain(t["score"]),
+                    "png_base64": b64(t.get("png")),
+                }
+                for t in pred.top_tiles
+            ],
+            "heatmap_png_base64": b64(pred.heatmap_png),
+            "geojson": _plain(pred.geojson),
+            "timings_s": {k: round(float(v), 3) for k, v in pred.timings.items()},
+            "model": self.model_info(),
+        }
+
+
+SlideMIL.add_asgi_middleware(UploadGuard, max_bytes=SETTINGS.max_upload_bytes, paths=UPLOAD_ROUTES)
+
+
+def _load_champion(model_name: str, alias: str):
+    """The bundle holding ``alias`` and its version (re-read if the alias moved while loading)."""
+    from slidemil.registry import champion_version, load_bundle
+
+    for _ in range(3):
+        before = champion_version(model_name, alias)
+        bundle = load_bundle(model_name, alias)
+        after = champion_version(model_name, alias)
+        if before is not None and after is not None and before.version == after.version:
+            return bundle, str(after.version)
+    raise RuntimeError(f"alias {alias!r} of {model_name!r} kept moving while loading; try again")
+
+
+def _slide_error(exc: Exception, name: str, private_name: str) -> Exception:
+    """Slide problems -> client errors that name the client's file; anything else is left to become a 500."""
+    from slidemil.slides.errors import MissingMppError, NoTissueError, SlideError, UnsupportedFormatError
+
+    if isinstance(exc, ServingError):
+        return exc
+    if isinstance(exc, SlideError):  # readers name the file they opened: the server's private name
+        exc.problem = exc.problem.replace(private_name, name)
+    if isinstance(exc, MissingMppError):
+        return ServingError(
+            422,
+            "missing_mpp",
+            f"{name}: the file has no microns-per-pixel (mpp) metadata; "
+            "pass the pixel size as the form field `mpp` "
+            "(for example mpp=0.5 for a 20x scan)",
+        )
+    if isinstance(exc, UnsupportedFormatError):
+        return ServingError(415, "unsupported_format", f"{name}: {exc.problem}")
+    if isinstance(exc, NoTissueError):
+        return ServingError(422, "no_tissue", f"{name}: {exc.problem}")
+    if isinstance(exc, SlideError):
+        return ServingError(422, "unreadable_slide", f"{name}: {exc.problem}")
+    return exc
+
+
+def _read_bag(path: Path, name: str, feature_dim: int, max_rows: int):
+    """``(features float32 (N, d), coords (N, 2) or None, attrs)`` from an uploaded HDF5 file, checked.
+
+    Links to other files, virtual and external datasets are refused: they would make the server read
+    paths chosen by the client.
+    """
+    import h5py
+
+    def bad(problem: str) -> ServingError:
+        return ServingError(400, "bad_feature_file", f"{name}: {problem}")
+
+    def local_dataset(f: h5py.File, key: str, required: bool):
+        link = f.get(key, getlink=True)
+        if link is None:
+            if required:
+                raise bad(f"no `{key}` dataset (expected {key} of shape (N, {feature_dim}))")
+            return None
+        if not isinstance(link, h5py.HardLink):
+            raise bad(f"`{key}` is a link; it must be a dataset stored in the file itself")
+        ds = f[key]
+        if not isinstance(ds, h5py.Dataset) or ds.is_virtual or ds.external:
+            raise bad(f"`{key}` must be a plain dataset stored in the file itself")
+        return ds
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise bad("not a readable HDF5 file") from None
+    with f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        if attrs.get("complete") is False or attrs.get("complete") == 0:
+            raise bad("the feature file is marked incomplete (interrupted write?)")
+        ds = local_dataset(f, "features", required=True)
+        if ds.ndim != 2:
+            raise bad(f"`features` must be 2-D (N, d), got shape {ds.shape}")
+        n, d = ds.shape
+        if d != feature_dim:
+            raise bad(f"features have dimension {d}, but this model expects {feature_dim}")
+        if n == 0:
+            raise bad("`features` holds no tiles")
+        if n > max_rows:
+            raise bad(f"{n} tiles exceed the limit of {max_rows} (server setting SLIDEMIL_MAX_FEATURE_ROWS)")
+        if ds.dtype.kind not in "fiu":
+            raise bad(f"`features` must be numeric, got {ds.dtype}")
+        feats = np.asarray(ds[...], dtype=np.float32)
+        if not np.isfinite(feats).all():
+            raise bad("`features` contains NaN or infinite values")
+        cds = local_dataset(f, "coords", required=False)
+        coords = None
+        if cds is not None:
+            if cds.shape != (n, 2) or cds.dtype.kind not in "iuf":
+                raise bad(f"`coords` must be numeric (N, 2) = ({n}, 2), got {cds.shape}")
+            coords = np.asarray(cds[...]).astype(np.int64)
+    return feats, coords, attrs
+
+
+def _plain(value: Any) -> Any:
+    """numpy / bytes / NaN -> JSON-ready Python (NaN and inf become None)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,81 @@
+"""Serving settings, read once from the environment (the service decorator needs them at import time).
+
+Every knob an operator may turn without touching code: which registered model to serve, upload and time
+limits, the worker layout. Defaults suit the demo on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: suffix -> the file family its first bytes must show (format detection keeps the suffix; see uploads.py)
+SLIDE_SUFFIXES = {
+    ".svs": "tiff",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".ndpi": "tiff",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+}
+FEATURE_SUFFIXES = (".h5", ".hdf5")
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"environment variable {name} must be > 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    model_name: str
+    model_alias: str
+    tracking_uri: str
+    max_upload_bytes: int
+    request_timeout_s: float
+    max_concurrency: int
+    workers: int
+    device: str
+    batch_size: int
+    max_top_k: int
+    max_feature_rows: int
+
+    @classmethod
+    def from_env(cls) -> ServingSettings:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+        return cls(
+            model_name=os.environ.get("SLIDEMIL_MODEL_NAME", "slidemil-demo"),
+            model_alias=os.environ.get("SLIDEMIL_MODEL_ALIAS", "champion"),
+            tracking_uri=uri,
+            max_upload_bytes=int(_env_float("SLIDEMIL_MAX_UPLOAD_MB", 2048) * 1024 * 1024),
+            request_timeout_s=_env_float("SLIDEMIL_REQUEST_TIMEOUT_S", 600),
+            max_concurrency=int(_env_float("SLIDEMIL_MAX_CONCURRENCY", 32)),
+            workers=int(_env_float("SLIDEMIL_WORKERS", 1)),
+            device=os.environ.get("SLIDEMIL_DEVICE", "auto"),
+            batch_size=int(_env_float("SLIDEMIL_BATCH_SIZE", 32)),
+            max_top_k=int(_env_float("SLIDEMIL_MAX_TOP_K", 50)),
+            max_feature_rows=int(_env_float("SLIDEMIL_MAX_FEATURE_ROWS", 2_000_000)),
+        )
+
+    def describe(self) -> dict:
+        """The limits a client may want to know (no URIs: they can hold credentials)."""
+        return {
+            "max_upload_mb": round(self.max_upload_bytes / 1024 / 1024, 3),
+            "request_timeout_s": self.request_timeout_s,
+            "max_concurrency": self.max_concurrency,
+            "max_top_k": self.max_top_k,
+            "slide_formats": sorted(SLIDE_SUFFIXES),
+            "feature_formats": list(FEATURE_SUFFIXES),
+        }

@@ -1,0 +1,214 @@
+"""Upload hygiene for the service: size limits, content checks, private temp files, no client-named paths.
+
+BentoML turns a multipart file field into a ``pathlib.Path`` in a per-request temp folder. Around that this
+module adds what a clinical upload endpoint needs:
+
+- :class:`UploadGuard` (ASGI middleware) refuses an upload before its body is read: not multipart (415),
+  no ``Content-Length`` (411) or a declared size over the limit (413). BentoML has no request-size setting of
+  its own in 1.4 (``api_server.max_request_size`` was removed), so this is the limit.
+- :func:`install_strict_multipart` stops BentoML from *downloading* a URL a client puts in a file field
+  instead of a file (its default): the server only ever reads bytes the client uploaded.
+- :func:`stashed_upload` moves the upload into a private folder under a server-chosen name that keeps only a
+  whitelisted suffix (format detection needs it), checks the real size and the file's magic bytes, and
+  deletes the folder afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.responses import JSONResponse
+
+#: multipart framing around the file (boundaries, part headers, small form fields) allowed on top of the limit
+FORM_SLACK_BYTES = 1024 * 1024
+#: a refused body is read and discarded up to this size so the client sees the status instead of a reset
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+
+_MAGIC = {
+    "tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),  # classic and BigTIFF (svs, ndpi are TIFF)
+    "png": (b"\x89PNG\r\n\x1a\n",),
+    "jpeg": (b"\xff\xd8\xff",),
+    "hdf5": (b"\x89HDF\r\n\x1a\n",),
+}
+_TEMPFILE_PREFIX = re.compile(r"^tmp[a-z0-9_]{8}")  # NamedTemporaryFile(prefix="tmp") + 8 random chars
+
+
+class ServingError(Exception):
+    """A request the service refuses, with the HTTP status and a machine-readable code."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict:
+        return {"error": self.message, "code": self.code}
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+class UploadGuard:
+    """ASGI middleware: refuse oversized or non-multipart uploads to ``paths`` before reading them."""
+
+    def __init__(self, app, max_bytes: int, paths: Iterable[str]):
+        self.app = app
+        self.max_bytes = int(max_bytes)
+        self.paths = {p.rstrip("/") for p in paths}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or scope["path"].rstrip("/") not in self.paths
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        problem: tuple[int, str, str] | None = None
+        length = headers.get("content-length")
+        if ctype != "multipart/form-data":
+            problem = (
+                415,
+                "unsupported_media_type",
+                f"send the file as multipart/form-data (got {ctype or 'no Content-Type'})",
+            )
+        elif length is None:
+            problem = (
+                411,
+                "length_required",
+                "uploads need a Content-Length header (chunked uploads are refused)",
+            )
+        else:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared < 0:
+                problem = (400, "bad_content_length", f"invalid Content-Length {length!r}")
+            elif declared > self.max_bytes + FORM_SLACK_BYTES:
+                problem = (
+                    413,
+                    "too_large",
+                    f"upload of {_mb(declared)} exceeds the limit of "
+                    f"{_mb(self.max_bytes)} (server setting SLIDEMIL_MAX_UPLOAD_MB)",
+                )
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        await _drain(receive, DRAIN_LIMIT_BYTES)
+        await error_response(*problem)(scope, receive, send)
+
+
+async def _drain(receive, limit: int) -> None:
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def install_strict_multipart() -> None:
+    """Make multipart file fields accept uploaded files only (BentoML would fetch a URL given as text)."""
+    from _bentoml_impl import serde
+    from bentoml.exceptions import BadInput
+
+    if getattr(serde.ALL_SERDE.get("multipart/form-data"), "_slidemil_strict", False):
+        return
+
+    class StrictMultipartSerde(serde.MultipartSerde):
+        _slidemil_strict = True
+
+        @staticmethod
+        async def ensure_file(obj):
+            if isinstance(obj, UploadFile):
+                return obj
+            raise BadInput(
+                "file fields must carry an uploaded file (multipart part with a filename); "
+                "this server does not fetch URLs or read paths named by the client"
+            )
+
+    table = serde.ALL_SERDE  # a module-level dict the API server looks up per request
+    table["multipart/form-data"] = StrictMultipartSerde  # type: ignore[index]
+    table["application/x-www-form-urlencoded"] = StrictMultipartSerde  # type: ignore[index]
+
+
+def client_filename(uploaded: Path) -> str:
+    """The client's file name, recovered from BentoML's temp name (``tmpXXXXXXXX<basename>``), sanitised.
+
+    Used only in messages and as the slide id; never as a path.
+    """
+    name = _TEMPFILE_PREFIX.sub("", uploaded.name, count=1) or uploaded.name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "upload"
+    return name[-120:]
+
+
+def sniff(path: Path) -> str | None:
+    """File family from the first bytes ("tiff", "png", "jpeg", "hdf5") or None."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return next((fam for fam, magics in _MAGIC.items() if any(head.startswith(m) for m in magics)), None)
+
+
+@contextlib.contextmanager
+def stashed_upload(
+    uploaded: Path, families: Mapping[str, str], max_bytes: int, what: str
+) -> Iterator[tuple[Path, str]]:
+    """Validate an upload and yield ``(private path, display name)``; the private folder is removed after.
+
+    ``families`` maps each accepted suffix to the family its magic bytes must show.
+    """
+    uploaded = Path(uploaded)
+    if not uploaded.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve()):
+        # BentoML writes every upload under the temp dir; anything else was not uploaded by this request
+        raise ServingError(400, "not_an_upload", f"{what} must be an uploaded file")
+    name = client_filename(uploaded)
+    size = uploaded.stat().st_size
+    if size > max_bytes:
+        raise ServingError(
+            413,
+            "too_large",
+            f"{name}: {_mb(size)} exceeds the upload limit of {_mb(max_bytes)} "
+            "(server setting SLIDEMIL_MAX_UPLOAD_MB)",
+        )
+    if size == 0:
+        raise ServingError(400, "empty_file", f"{name}: the uploaded {what} is empty")
+    suffix = Path(name).suffix.lower()
+    accepted = ", ".join(sorted(families))
+    if suffix not in families:
+        raise ServingError(
+            415,
+            "unsupported_format",
+            f"{name}: unsupported file type {suffix or '(no extension)'}; accepted: {accepted}",
+        )
+    family = sniff(uploaded)
+    if family != families[suffix]:
+        raise ServingError(
+            415,
+            "unsupported_format",
+            f"{name}: the content is not a {families[suffix].upper()} file as its extension "
+            f"{suffix} says ({'unrecognised content' if family is None else 'looks like ' + family})",
+        )
+    private = Path(tempfile.mkdtemp(prefix="slidemil-upload-"))  # mode 0700: only this server user can read
+    try:
+        dest = private / f"upload{suffix}"
+        shutil.move(uploaded, dest)
+        yield dest, name
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

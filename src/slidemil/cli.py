@@ -1,0 +1,70 @@
+"""`slidemil ...`: work outside DVC — inspect a slide, predict one slide with a registered model.
+
+Kept light: heavy imports happen inside the sub-commands so `slidemil --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _info(args: argparse.Namespace) -> int:
+    from slidemil.slides.backends import open_slide
+
+    with open_slide(args.slide, mpp=args.mpp) as reader:
+        print(json.dumps(reader.properties(), indent=2, default=str))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from slidemil.inference import SlidePredictor
+    from slidemil.registry import load_bundle
+    from slidemil.tracking import setup_tracking
+
+    setup_tracking(Path(args.project), args.experiment)
+    bundle = load_bundle(args.model_name, args.alias)
+    pred = SlidePredictor(bundle).predict(args.slide, mpp=args.mpp, top_k=args.top_k)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if pred.heatmap_png:
+        (out / f"{pred.slide_id}_heatmap.png").write_bytes(pred.heatmap_png)
+    if pred.geojson:
+        (out / f"{pred.slide_id}_tiles.geojson").write_text(json.dumps(pred.geojson))
+    print(json.dumps(pred.summary(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="slidemil", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="print a slide's dimensions, levels, mpp and objective")
+    info.add_argument("slide")
+    info.add_argument("--mpp", type=float, default=None, help="microns per pixel, for files without it")
+    info.set_defaults(func=_info)
+    pred = sub.add_parser("predict", help="diagnose one slide with a registered model (heatmap + GeoJSON)")
+    pred.add_argument("slide")
+    pred.add_argument("--mpp", type=float, default=None)
+    pred.add_argument("--model-name", default="slidemil-demo")
+    pred.add_argument("--alias", default="champion")
+    pred.add_argument("--project", default=".", help="project root (MLflow store; MLFLOW_TRACKING_URI wins)")
+    pred.add_argument("--experiment", default="slidemil-demo")
+    pred.add_argument("--top-k", type=int, default=5)
+    pred.add_argument("--out", default="predictions")
+    pred.set_defaults(func=_predict)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:  # noqa: BLE001 - a CLI prints the reason, not a traceback
+        from slidemil.slides.errors import SlideError
+
+        if isinstance(exc, SlideError | LookupError | FileNotFoundError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
