@@ -48,7 +48,7 @@ def main() -> int:
     t = dict(p["tiling"])
     workers = int(t.pop("workers"))
     tiling = TilingParams.from_dict(t)
-    tissue = TissueParams.from_dict(p["tissue"]["params"]) if hasattr(TissueParams, "from_dict") else TissueParams(**p["tissue"]["params"])
+    tissue = TissueParams.from_dict(p["tissue"]["params"])
     overrides_csv = p["tissue"].get("overrides_csv")
     jobs = build_jobs(project_path(p["validate"]["manifest_out"]),
                       project_path(overrides_csv) if overrides_csv else None,

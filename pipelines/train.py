@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import yaml
+
 from pipelines.common import ROOT, load_params, project_path, setup_logging
 from slidemil.data.manifest import read_manifest
 from slidemil.data.splits import SplitConfig, check_no_leakage, make_splits
@@ -43,12 +45,20 @@ def main() -> int:
                     "tiles_md5": dvc_out_hash(ROOT, "tile") or "unknown"}
     results = {}
     for name in t["models"]:
-        model_cfg = {**t["model_config"], **t.get("model_overrides", {}).get(name, {}),
-                     "in_dim": feature_dim, "n_classes": len(classes)}
-        if name not in ("clam_sb", "clam_mb"):
+        model_type, model_cfg, trainer = name, {**t["model_config"], **t.get("model_overrides", {}).get(name, {})}, \
+            dict(t["trainer"])
+        if name == "tuned":  # the best Optuna trial, exported by the tune stage
+            best = yaml.safe_load(project_path(p["tune"]["best_params"]).read_text())
+            model_type, model_cfg = best["model"], {**model_cfg, **best["model_config"]}
+            trainer.update(best["trainer"])
+            log.info("tuned: %s with %s, trainer %s (trial %s)", model_type, best["model_config"], best["trainer"],
+                     best["trial"])
+        model_cfg.update(in_dim=feature_dim, n_classes=len(classes))
+        if model_type not in ("clam_sb", "clam_mb"):
             model_cfg = {k: v for k, v in model_cfg.items() if k in ("in_dim", "n_classes", "size", "dropout")}
-        spec = CVSpec(name, model_cfg, TrainConfig.from_dict(t["trainer"]), classes, context,
-                      extra_params={"data_version": data_version["features_md5"], "encoder_weights": attrs.get("weights_id")})
+        spec = CVSpec(model_type, model_cfg, TrainConfig.from_dict(trainer), classes, context,
+                      extra_params={"data_version": data_version["features_md5"], "encoder_weights": attrs.get("weights_id")},
+                      family=name)
         res = run_cross_validation(slides[["slide_id", "label", "features_path"]], splits, spec,
                                    project_path(t["out_dir"]) / name)
         test = res.summary["test"]

@@ -51,7 +51,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_repro_then_noop_then_partial(project):
-    first = _run([sys.executable, "-m", "dvc", "repro"], project)
+    first = _run([sys.executable, "-m", "dvc", "repro", "tile"], project)
     assert _stages_run(first) == {"synthesize", "validate", "tile"}
     manifest = pd.read_csv(project / "data/validated/manifest.csv")
     assert len(manifest) == 6
@@ -60,13 +60,13 @@ def test_repro_then_noop_then_partial(project):
         assert (project / "data/qc" / f"{sid}.png").exists()
     assert (project / "data/reports/validation.html").exists()
 
-    second = _run([sys.executable, "-m", "dvc", "repro"], project)
+    second = _run([sys.executable, "-m", "dvc", "repro", "tile"], project)
     assert _stages_run(second) == set(), second.stdout
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["tiling"]["tile_px"] = 256
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    third = _run([sys.executable, "-m", "dvc", "repro"], project)
+    third = _run([sys.executable, "-m", "dvc", "repro", "tile"], project)
     assert _stages_run(third) == {"tile"}
     import h5py
 
@@ -87,7 +87,7 @@ def test_bad_manifest_stops_before_tiling(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     tiles_before = {p: p.stat().st_mtime_ns for p in (project / "data/tiles").glob("*.h5")}
 
-    proc = _run([sys.executable, "-m", "dvc", "repro"], project, check=False)
+    proc = _run([sys.executable, "-m", "dvc", "repro", "tile"], project, check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "duplicate slide_id" in out and "label not in the declared classes" in out

@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     spec = CVSpec(
         model_name="clam_sb",
         model_config={"in_dim": DIM, "n_classes": 2, "k_sample": 4},
-        train=TrainConfig(lr=1e-3, max_epochs=15, min_epochs=5, patience=5, seed=0),
+        train=TrainConfig(lr=1e-3, max_epochs=10, min_epochs=4, patience=4, seed=0),
         class_names=CLASSES,
         bundle_context={
             "encoder": {"name": "toy", "weights": "random"},
@@ -42,7 +42,9 @@ def trained(tmp_path_factory):
 def test_cv_learns_and_is_tracked(trained):
     root, slides, result = trained
     assert len(result.per_fold) == 2
-    assert result.summary["test"]["auc"]["mean"] > 0.9, result.summary
+    # chance is 0.5; a few signal tiles in 40-80 must be found by attention
+    assert result.summary["test"]["auc"]["mean"] > 0.8, result.summary
+    assert result.summary["test"]["balanced_accuracy"]["mean"] > 0.8, result.summary
     client = mlflow.MlflowClient()
     parent = client.get_run(result.parent_run_id)
     assert parent.data.metrics["test_auc_mean"] == pytest.approx(result.summary["test"]["auc"]["mean"])

@@ -83,6 +83,10 @@ class MILModel(nn.Module):
         self.config = config
         self.n_classes = config.n_classes
         # Shared first layer of every model: fc + ReLU + dropout, d -> L (methods.md section A).
+        # per-dimension input standardisation (identity until set_feature_stats); encoders differ wildly in
+        # feature scale, and unscaled features stall attention training
+        self.register_buffer("feature_mean", torch.zeros(config.in_dim))
+        self.register_buffer("feature_std", torch.ones(config.in_dim))
         self.fc = nn.Sequential(
             nn.Linear(config.in_dim, config.hidden_dim), nn.ReLU(), nn.Dropout(config.dropout)
         )
@@ -100,7 +104,14 @@ class MILModel(nn.Module):
         if features.shape[1] != self.config.in_dim:
             raise ValueError(f"feature dim {features.shape[1]} != config.in_dim {self.config.in_dim}")
         dtype = self.fc[0].weight.dtype
-        return features if features.dtype == dtype else features.to(dtype)
+        features = features if features.dtype == dtype else features.to(dtype)
+        return (features - self.feature_mean) / self.feature_std
+
+    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise inputs with training-set statistics. Stored as buffers, so they travel with the weights
+        (in checkpoints and bundles) and inference standardises exactly as training did."""
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=self.feature_mean.dtype))
+        self.feature_std.copy_(torch.as_tensor(std, dtype=self.feature_std.dtype).clamp_min(1e-6))
 
     def bag_loss(self, output: MILOutput, label: Tensor | int) -> Tensor:
         target = torch.tensor([label_index(label, self.n_classes)], device=output.logits.device)

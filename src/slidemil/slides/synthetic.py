@@ -199,6 +199,7 @@ def demo_specs(
     mpp_choices: tuple[float, ...] = (0.5, 0.25),
     seed: int = 0,
     mask_downsample: int = 16,
+    tumour_fraction_range: tuple[float, float] = TUMOUR_FRACTION_RANGE,
 ) -> list[SyntheticSlideSpec]:
     """Specs of the demo dataset: cases with balanced labels, several slides each, mixed pixel sizes."""
     unknown = set(classes) - set(LABELS)
@@ -212,7 +213,7 @@ def demo_specs(
         case_id = f"case_{ci:03d}"
         for si in range(slides_per_case):
             mpp = float(mpp_choices[int(rng.integers(len(mpp_choices)))])
-            fraction = float(rng.uniform(*TUMOUR_FRACTION_RANGE)) if label != "normal" else 0.0
+            fraction = float(rng.uniform(*tumour_fraction_range)) if label != "normal" else 0.0
             specs.append(
                 SyntheticSlideSpec(
                     slide_id=f"{case_id}_s{si}",
@@ -242,11 +243,12 @@ def generate_demo_dataset(
     workers: int = 1,
     progress: bool = True,
     mask_downsample: int = 16,
+    tumour_fraction_range: tuple[float, float] = TUMOUR_FRACTION_RANGE,
 ) -> pd.DataFrame:
     """Write ``out_dir/slides/*`` and ``out_dir/manifest.csv``; returns the manifest.
 
     Cases (``case_000``...) get balanced labels and ``slides_per_case`` slides each; every slide's
-    pixel size is drawn from ``mpp_choices`` and its target tumour fraction from U(0.02, 0.20). The
+    pixel size is drawn from ``mpp_choices`` and its target tumour fraction from U(*tumour_fraction_range) (default 0.02-0.20). The
     manifest's ``tumour_fraction`` is the achieved ground-truth value (tumour area / tissue area).
     Resumable: slides whose ``.svs`` exists are not rendered again. Paths in the manifest are
     relative to ``out_dir``. ``workers`` > 1 renders slides in that many processes.
@@ -263,6 +265,7 @@ def generate_demo_dataset(
         mpp_choices=mpp_choices,
         seed=seed,
         mask_downsample=mask_downsample,
+        tumour_fraction_range=tuple(tumour_fraction_range),
     )
     rows: dict[str, dict] = {}
     bar = _progress(len(specs), progress)

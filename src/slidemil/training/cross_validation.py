@@ -38,6 +38,11 @@ class CVSpec:
     class_names: list[str]
     bundle_context: dict  # encoder, tiling, tissue, heatmap dicts copied into every bundle
     extra_params: dict = field(default_factory=dict)  # logged on the parent run (data version, ...)
+    family: str | None = None  # run/display name when it differs from the model type (e.g. "tuned")
+
+    @property
+    def name(self) -> str:
+        return self.family or self.model_name
 
 
 @dataclass
@@ -63,8 +68,9 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
     items = {r.slide_id: BagItem(r.slide_id, Path(r.features_path), index[r.label]) for r in slides.itertuples()}
     cache = FeatureCache(preload=True)
     fold_rows, all_preds, bundles = [], [], {}
-    with mlflow.start_run(run_name=spec.model_name) as parent:
-        mlflow.set_tags({"slidemil.model": spec.model_name, "slidemil.kind": "cv-parent"})
+    with mlflow.start_run(run_name=spec.name) as parent:
+        mlflow.set_tags({"slidemil.model": spec.name, "slidemil.model_type": spec.model_name,
+                         "slidemil.kind": "cv-parent"})
         mlflow.log_params({f"model.{k}": v for k, v in spec.model_config.items()})
         mlflow.log_params({f"train.{k}": v for k, v in spec.train.to_dict().items()})
         mlflow.log_params({f"encoder.{k}": v for k, v in spec.bundle_context.get("encoder", {}).items()})
@@ -72,8 +78,8 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
         mlflow.log_params({**spec.extra_params, "n_slides": len(slides), "n_folds": splits["fold"].nunique()})
         for fold, fsplit in splits.groupby("fold"):
             parts = {s: [items[i] for i in fsplit.loc[fsplit.split == s, "slide_id"]] for s in ("train", "val", "test")}
-            with mlflow.start_run(run_name=f"{spec.model_name}-fold{fold}", nested=True):
-                mlflow.set_tags({"slidemil.model": spec.model_name, "slidemil.fold": str(fold),
+            with mlflow.start_run(run_name=f"{spec.name}-fold{fold}", nested=True):
+                mlflow.set_tags({"slidemil.model": spec.name, "slidemil.fold": str(fold),
                                  "slidemil.kind": "cv-fold"})
                 mlflow.log_params({"fold": fold, **{f"n_{s}": len(v) for s, v in parts.items()}})
                 res = train_fold(int(fold), spec.model_name, spec.model_config, parts, spec.train,
@@ -101,7 +107,7 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
                     mlflow.log_artifact(str(Path(tmp) / "predictions.csv"))
                 fold_rows.append(row)
                 all_preds.append(res.predictions)
-                log.info("%s fold %d: best epoch %d/%d, val loss %.4f, test auc %.4f", spec.model_name, fold,
+                log.info("%s fold %d: best epoch %d/%d, val loss %.4f, test auc %.4f", spec.name, fold,
                          res.best_epoch, res.epochs_run, res.best_val_loss, row.get("test_auc", float("nan")))
         per_fold = pd.DataFrame(fold_rows)
         preds = pd.concat(all_preds, ignore_index=True)
@@ -121,7 +127,7 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
         mlflow.log_artifacts(str(out_dir / "report"), "report")
         bundle_dir = ModelBundle.load(bundles[best_fold]).save(out_dir / "bundle")
         log_bundle(bundle_dir, name="model")
-    return CVResult(spec.model_name, parent.info.run_id, per_fold, preds, summary, best_fold, bundle_dir)
+    return CVResult(spec.name, parent.info.run_id, per_fold, preds, summary, best_fold, bundle_dir)
 
 
 def _write_artifacts(out_dir: Path, spec: CVSpec, splits: pd.DataFrame, per_fold: pd.DataFrame,
@@ -137,11 +143,11 @@ def _write_artifacts(out_dir: Path, spec: CVSpec, splits: pd.DataFrame, per_fold
     probs = _prob_matrix(test, spec.class_names)
     roc = pd.concat([roc_points(g["label"].to_numpy(), _prob_matrix(g, spec.class_names), spec.class_names)
                      .assign(fold=f) for f, g in test.groupby("fold")], ignore_index=True)
-    plot_roc(roc, report / "roc_test.png", f"{spec.model_name}: test ROC per fold")
+    plot_roc(roc, report / "roc_test.png", f"{spec.name}: test ROC per fold")
     plot_confusion(confusion(test["label"].to_numpy(), probs, len(spec.class_names)), spec.class_names,
-                   report / "confusion_test.png", f"{spec.model_name}: test (all folds)")
+                   report / "confusion_test.png", f"{spec.name}: test (all folds)")
     write_json_atomic(out_dir / "summary.json", {
-        "model": spec.model_name, "parent_run_id": run_id, "selected_fold": best_fold,
+        "model": spec.name, "model_type": spec.model_name, "parent_run_id": run_id, "selected_fold": best_fold,
         "selection": "lowest validation loss", "summary": summary,
         "per_fold": json.loads(per_fold.to_json(orient="records")),
     })

@@ -48,6 +48,19 @@ class FoldResult:
     history: list[dict] = field(default_factory=list)
 
 
+def feature_stats(dataset: BagDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std over every tile of the training bags (training data only)."""
+    total, sq, n = None, None, 0
+    for i in range(len(dataset)):
+        x = dataset[i]["features"].double()
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
+        n += x.shape[0]
+    mean = total / n
+    std = (sq / n - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), std.float()
+
+
 def predict_bags(model: torch.nn.Module, dataset: BagDataset, class_names: list[str], split: str) -> pd.DataFrame:
     """Per-slide probabilities (eval mode, no grad) as rows ``slide_id, split, label, pred, prob_<class>``."""
     model.eval()
@@ -77,6 +90,10 @@ def train_fold(
     extra_callbacks: list[Callback] | None = None,
 ) -> FoldResult:
     """Fit on ``splits['train']``, select on ``splits['val']``, predict val and test with the best checkpoint."""
+    for part in ("train", "val"):
+        if not splits.get(part):
+            raise ValueError(f"fold {fold} has no {part} slides: each class needs at least 3 cases (patients) "
+                             "for grouped train/val/test splits")
     L.seed_everything(cfg.seed + fold, workers=True, verbose=False)
     cache = cache or FeatureCache()
     train_ds, val_ds = BagDataset(splits["train"], cache), BagDataset(splits["val"], cache)
@@ -85,6 +102,8 @@ def train_fold(
                           generator=torch.Generator().manual_seed(cfg.seed + fold))
     val_dl = DataLoader(val_ds, batch_size=1, shuffle=False, collate_fn=single_bag)
     module = MILModule(model_name, model_config, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    mean, std = feature_stats(train_ds)
+    module.model.set_feature_stats(mean, std)
     history = EpochHistory(metric_sink)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         ckpt = ModelCheckpoint(dirpath=tmp, monitor="val_loss", mode="min", save_top_k=1, filename="best")
