@@ -21,6 +21,9 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: Any = "auto"
     deterministic: bool = True
+    #: CPU threads for training. MIL bags are small: one thread is fastest, and more threads spin-wait
+    #: against other processes (several times slower on a busy 2-core machine). null = torch's default.
+    num_threads: int | None = 1
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

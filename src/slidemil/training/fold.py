@@ -94,6 +94,8 @@ def train_fold(
         if not splits.get(part):
             raise ValueError(f"fold {fold} has no {part} slides: each class needs at least 3 cases (patients) "
                              "for grouped train/val/test splits")
+    if cfg.num_threads and cfg.accelerator in ("auto", "cpu"):
+        torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed + fold, workers=True, verbose=False)
     cache = cache or FeatureCache()
     train_ds, val_ds = BagDataset(splits["train"], cache), BagDataset(splits["val"], cache)
