@@ -51,9 +51,21 @@ def _measure(path: str, mpp: float | None, tile_px: int, target_mpp: float, queu
         "total_s": round(total, 2),
         "tiles_per_s_read": round(len(tiles) / t_read, 1) if t_read else None,
         "tiles_per_s_total": round(len(tiles) / total, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "checksum": checksum,
     })
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a
+    spawned child would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def measure(path: str, mpp: float | None, tile_px: int, target_mpp: float) -> dict:
