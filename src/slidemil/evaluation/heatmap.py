@@ -19,7 +19,7 @@ import numpy as np
 
 from slidemil.slides.geometry import TileGeometry
 from slidemil.slides.reader import SlideReader
-from slidemil.utils.atomic import atomic_path
+from slidemil.utils.atomic import write_png_atomic
 
 
 @dataclass(frozen=True)
@@ -265,13 +265,7 @@ def with_colorbar(overlay_rgb: np.ndarray, cmap: str, margin: int = 8) -> np.nda
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG atomically (no half-written file under the final name)."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"could not encode PNG for {path}")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-    return path
+    return write_png_atomic(path, rgb)
 
 
 # ---- top / bottom tiles ------------------------------------------------------------------------------

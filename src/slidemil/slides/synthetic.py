@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from slidemil.slides.synthetic_raster import fill_rings
 from slidemil.slides.synthetic_render import BlockRenderer
 from slidemil.slides.synthetic_scene import LABELS, SlideScene
 from slidemil.slides.tiff_writer import write_aperio_svs
+from slidemil.utils.atomic import atomic_path, write_png_atomic, write_text_atomic
 
 MANIFEST_COLUMNS = [
     "slide_id",
@@ -122,9 +122,9 @@ def _generate(
     paths["slide"].parent.mkdir(parents=True, exist_ok=True)
     scene = spec.scene()
     if overwrite or not paths["tumour_geojson"].exists():
-        _atomic_write_text(paths["tumour_geojson"], json.dumps(tumour_geojson(scene, spec.mpp)))
+        write_text_atomic(paths["tumour_geojson"], json.dumps(tumour_geojson(scene, spec.mpp)))
     if overwrite or not paths["tumour_mask"].exists():
-        _atomic_write_png(paths["tumour_mask"], tumour_mask(scene, spec))
+        write_png_atomic(paths["tumour_mask"], tumour_mask(scene, spec))
     if overwrite or not paths["slide"].exists():
         write_aperio_svs(
             paths["slide"],
@@ -282,9 +282,8 @@ def generate_demo_dataset(
                 bar.update(1)
     bar.close()
     manifest = pd.DataFrame([rows[s.slide_id] for s in specs], columns=MANIFEST_COLUMNS)
-    tmp = out / f".manifest.csv.partial-{os.getpid()}"
-    manifest.to_csv(tmp, index=False)
-    os.replace(tmp, out / "manifest.csv")
+    with atomic_path(out / "manifest.csv") as tmp:
+        manifest.to_csv(tmp, index=False)
     return manifest
 
 
@@ -348,16 +347,3 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="synthesising slides", unit="slide", disable=not enabled)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_write_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"could not write {tmp}")
-    os.replace(tmp, path)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from slidemil.slides.tissue import TissueSegmentation
-from slidemil.utils.atomic import atomic_path
+from slidemil.utils.atomic import write_png_atomic
 
 TISSUE_COLOR_RGB = (0, 200, 0)
 HOLE_COLOR_RGB = (0, 0, 255)
@@ -100,9 +100,5 @@ def draw_qc(
 
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an RGB (or grey) uint8 image as PNG atomically: a temp file beside it, then os.replace."""
-    image = np.asarray(image, np.uint8)
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    with atomic_path(path, suffix=".png") as tmp:
-        if not cv2.imwrite(str(tmp), bgr):
-            raise OSError(f"could not write {path}")
+    """Write an RGB (or grey) uint8 image as PNG atomically."""
+    write_png_atomic(path, image)

@@ -35,6 +35,20 @@ def write_json_atomic(path: str | Path, obj: object) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_png_atomic(path: str | Path, image) -> Path:
+    """Write an RGB (h, w, 3) or grey (h, w) uint8 image as PNG atomically."""
+    import cv2
+    import numpy as np
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+    if not ok:
+        raise ValueError(f"could not encode PNG for {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return Path(path)
+
+
 def remove_stale_temps(folder: str | Path) -> int:
     """Delete temp files left by a killed run (``.<name>.*.tmp``); returns how many were removed."""
     n = 0
