@@ -38,6 +38,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from dataclasses import fields
+
 import torch
 
 from slidemil.bundle import ModelBundle
@@ -48,12 +50,15 @@ from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fra
 from slidemil.evaluation.metrics import slide_metrics
 from slidemil.features.extract import extract_many
 from slidemil.features.store import read_feature_attrs, read_features
+from slidemil.methods import get_method
+from slidemil.scoring import slide_from_features
 from slidemil.slides.batch import SlideJob, TileOutputs, tile_slides
 from slidemil.slides.tiling import TilingParams
 from slidemil.slides.tissue import TissueParams
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.cross_validation import CVSpec, run_cross_validation
+from slidemil.training.data import feature_file_source
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["benign", "malignant"]
@@ -117,17 +122,18 @@ def check_splits(splits: pd.DataFrame, labels: pd.DataFrame) -> list[dict]:
 def train_phase(labels: pd.DataFrame, splits: pd.DataFrame, feat_dir: Path, models: list[str], trainer: TrainConfig,
                 context: dict, out: Path, encoder_weights: str) -> dict:
     slides = labels[["slide_id", "label"]].copy()
-    slides["features_path"] = [str(feat_dir / f"{s}.h5") for s in slides["slide_id"]]
-    feature_dim = int(read_feature_attrs(slides["features_path"].iloc[0])["feature_dim"])
+    paths = {s: feat_dir / f"{s}.h5" for s in slides["slide_id"]}
+    source = feature_file_source(paths)
+    feature_dims = {"tiles": int(read_feature_attrs(next(iter(paths.values())))["feature_dim"])}
     results = {}
     for name in models:
-        cfg = {**CLAM_CONFIG, "in_dim": feature_dim, "n_classes": len(CLASSES)}
-        if name not in ("clam_sb", "clam_mb"):
-            cfg = {k: v for k, v in cfg.items() if k in ("in_dim", "n_classes", "size", "dropout")}
+        method = get_method(name)
+        section = {k: v for k, v in CLAM_CONFIG.items() if k in {f.name for f in fields(method.config_cls)}}
+        cfg = method.resolve_config(section, n_classes=len(CLASSES), feature_dims=feature_dims)
         spec = CVSpec(name, cfg, trainer, CLASSES, context,
                       extra_params={"dataset": "glas", "encoder_weights": encoder_weights})
         start = time.perf_counter()
-        res = run_cross_validation(slides, splits, spec, out / name)
+        res = run_cross_validation(slides, splits, spec, source, out / name)
         seconds = time.perf_counter() - start
         pf = res.per_fold
         oof = res.predictions[res.predictions.split == "test"]
@@ -161,12 +167,12 @@ def localisation_phase(labels: pd.DataFrame, splits: pd.DataFrame, data_dir: Pat
     for name in (m for m in models if m in ATTENTION_MODELS):
         r = {"auroc": [], "n_one_class": 0, "n_tiles": 0, "n_gland_tiles": 0}
         for fold, g in test.groupby("fold"):
-            model = ModelBundle.load(train_dir / name / "folds" / f"fold{fold}" / "bundle").build_model()
+            method, model = ModelBundle.load(train_dir / name / "folds" / f"fold{fold}" / "bundle").build()
             for slide_id in g["slide_id"]:
                 feats, coords, _ = read_features(feat_dir / f"{slide_id}.h5")
                 level0_px = read_tiles(tiles_dir / f"{slide_id}.h5").geometry.level0_px
-                with torch.inference_mode():
-                    scores = model.tile_scores(model(torch.from_numpy(feats)), CLASSES.index("malignant")).numpy()
+                slide = slide_from_features(slide_id, feats, coords, level0_px)
+                scores = method.explain(model, slide, CLASSES.index("malignant"), CLASSES)[0].values
                 mask = cv2.imread(str(data_dir / info.at[slide_id, "gland_mask"]), cv2.IMREAD_GRAYSCALE) > 127
                 fractions = tile_tumour_fraction(coords, level0_px, mask, 1.0)
                 auroc = localisation_auroc(scores, fractions, threshold)
@@ -326,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     trainer = TrainConfig(lr=args.lr, max_epochs=args.max_epochs, min_epochs=args.min_epochs, patience=args.patience,
                           devices=1)
     context = {
-        "encoder": {"name": encoder.name, "weights": str(args.weights), "seed": args.encoder_seed,
-                    "weights_id": encoder.weights_id, "feature_dim": encoder.feature_dim,
-                    "input_px": encoder.input_px},
+        "components": {"encoders": {"tiles": {"name": encoder.name, "weights": str(args.weights),
+                                              "seed": args.encoder_seed, "weights_id": encoder.weights_id,
+                                              "feature_dim": encoder.feature_dim}}},
+        "tile_sets": ["tiles"],
         "tiling": {"tile_px": tiling.tile_px, "target_mpp": tiling.target_mpp, "stride_px": tiling.stride_px,
                    "min_tissue": tiling.min_tissue},
         "tissue": tissue.to_dict(),

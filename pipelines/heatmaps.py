@@ -1,8 +1,10 @@
-"""DVC stage `heatmaps`: attention heatmaps, top-k tiles and QuPath GeoJSON for every test slide.
+"""DVC stage `heatmaps`: score-layer heatmaps, top-k tiles, QuPath GeoJSON and a machine-readable record for
+every test slide.
 
 Each slide is explained by the model of the first fold in which it was a *test* slide, so a heatmap never
-shows a model its own training data. On slides with a ground-truth tumour mask (the demo), the tile attention
-is scored against it: localisation AUROC per slide, mean over slides in the metrics.
+shows a model its own training data. Any method works (pooling models paint tile contributions). On slides
+with a ground-truth tumour mask (the demo), the primary score layer is scored against it: localisation AUROC
+per slide, mean over slides in the metrics.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipelines.common import load_params, project_path, setup_logging
+from pipelines.training_inputs import training_inputs
 from slidemil.bundle import ModelBundle
-from slidemil.data.manifest import read_manifest
 from slidemil.data.tile_store import read_tiles
-from slidemil.evaluation.heatmap import HeatmapParams, render_heatmap, save_png, save_top_tiles, with_colorbar
+from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer, save_png, save_top_tiles
 from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fraction
 from slidemil.evaluation.rasterize import rasterize_polygons
 from slidemil.evaluation.tile_geojson import tiles_to_geojson, write_geojson
-from slidemil.features.store import read_features
+from slidemil.scoring import BundleScorer, ScoredSlide
 from slidemil.slides.backends import open_slide
 from slidemil.utils.atomic import atomic_path, write_json_atomic
 
@@ -32,52 +34,52 @@ def main() -> int:
     log = setup_logging("heatmaps")
     p = load_params()
     h = p["heatmaps"]
-    model_name = h["model"]
+    family = h["model"]
     params = HeatmapParams(**h["render"])
-    manifest = read_manifest(project_path(p["validate"]["manifest_out"])).set_index("slide_id")
+    inputs = training_inputs(p)
+    manifest = inputs.slides.set_index("slide_id")
     splits = pd.read_csv(project_path(p["train"]["splits_out"]))
     first_test = splits[splits.split == "test"].sort_values("fold").drop_duplicates("slide_id")
-    train_dir = project_path(p["train"]["out_dir"]) / model_name
+    train_dir = project_path(p["train"]["out_dir"]) / family
     out_root = project_path(h["out_dir"])
-    feat_dir = project_path(p["features"]["out_dir"])
     tissue_dir = project_path(p["tile"]["tissue_dir"])
-    bundles: dict[int, tuple[ModelBundle, object]] = {}
+    scorers: dict[int, BundleScorer] = {}
     rows = []
     for r in tqdm(list(first_test.itertuples()), desc="heatmaps", unit="slide"):
         fold = int(r.fold)
-        if fold not in bundles:
-            b = ModelBundle.load(train_dir / "folds" / f"fold{fold}" / "bundle")
-            bundles[fold] = (b, b.build_model())
-        bundle, model = bundles[fold]
-        feats, coords, _ = read_features(feat_dir / f"{r.slide_id}.h5")
+        if fold not in scorers:
+            scorers[fold] = BundleScorer(ModelBundle.load(train_dir / "folds" / f"fold{fold}" / "bundle"))
+        scored = scorers[fold].score(inputs.source.load(r.slide_id))
+        layer = scored.primary
+        view = scored.tile_sets[layer.tile_set]
         tiles = read_tiles(project_path(p["tile"]["tiles_dir"]) / f"{r.slide_id}.h5")
-        pred = bundle.predict_features(feats, model)
-        scores = pred["tile_scores"]
         out = out_root / r.slide_id
         out.mkdir(parents=True, exist_ok=True)
         with open_slide(tiles.slide_path, slide_id=r.slide_id, mpp=tiles.attrs["slide_mpp"]) as reader:
             thumb, ds = reader.thumbnail(max_side=params.canvas_max_side)
             tissue = rasterize_polygons(json.loads((tissue_dir / f"{r.slide_id}.geojson").read_text()),
                                         reader.dimensions, ds)
-            result = render_heatmap(thumb, ds, coords, tiles.geometry.level0_px, scores, params,
-                                    tissue_mask=tissue, mask_downsample=ds, slide_dims=reader.dimensions)
-            save_png(out / "heatmap.png", with_colorbar(result.overlay_rgb, params.cmap))
+            image = render_score_layer(thumb, ds, layer, view.coords, view.level0_px, params,
+                                       tissue_mask=tissue, mask_downsample=ds, slide_dims=reader.dimensions,
+                                       title=f"{r.slide_id} | {family} fold {fold} | {scored.label}: {layer.name}")
+            save_png(out / "heatmap.png", image)
             save_png(out / "thumbnail.png", thumb)
-            top = save_top_tiles(reader, coords, tiles.geometry, scores, h["top_k"], out / "top_tiles", r.slide_id)
-        write_geojson(out / "tiles.geojson", tiles_to_geojson(coords, tiles.geometry.level0_px,
-                                                              {"attention": scores}, r.slide_id))
-        row = {"slide_id": r.slide_id, "fold": fold, "label": manifest.at[r.slide_id, "label"],
-               "pred": pred["label"], **{f"prob_{c}": v for c, v in pred["probabilities"].items()},
-               "n_tiles": len(coords), "top_tiles": len(top), "slide_width": reader.dimensions[0],
-               "slide_height": reader.dimensions[1], "thumb_downsample": ds}
-        auroc = _localisation(manifest.loc[r.slide_id], coords, tiles.geometry.level0_px, scores)
-        row["localisation_auroc"] = auroc
-        rows.append(row)
+            top = save_top_tiles(reader, view.coords, tiles.geometry, layer.values, h["top_k"], out / "top_tiles",
+                                 r.slide_id)
+            dims = reader.dimensions
+        write_geojson(out / "tiles.geojson", tiles_to_geojson(
+            view.coords, view.level0_px, {la.name: la.values for la in scored.layers if la.tile_set == "tiles"},
+            r.slide_id))
+        record = {**scored.record(h["top_k"]), "fold": fold, "family": family,
+                  "true_label": manifest.at[r.slide_id, "label"], "slide_width": dims[0], "slide_height": dims[1], "thumb_downsample": ds}
+        write_json_atomic(out / "record.json", record)
+        rows.append(_index_row(r.slide_id, fold, manifest.at[r.slide_id, "label"], scored, len(top), dims, ds,
+                               _localisation(manifest.loc[r.slide_id], view.coords, view.level0_px, layer.values)))
     index = pd.DataFrame(rows)
     with atomic_path(out_root / "index.csv") as tmp:
         index.to_csv(tmp, index=False)
     loc = index["localisation_auroc"].dropna()
-    metrics = {model_name: {
+    metrics = {family: {
         "localisation_auroc": {"mean": round(float(loc.mean()), 4) if len(loc) else None,
                                "std": round(float(loc.std(ddof=1)), 4) if len(loc) > 1 else None,
                                "n_slides": int(len(loc))},
@@ -85,12 +87,21 @@ def main() -> int:
     }}
     write_json_atomic(project_path(h["metrics"]), metrics)
     log.info("%d heatmaps; localisation AUROC %s over %d tumour slides", len(index),
-             metrics[model_name]["localisation_auroc"]["mean"], len(loc))
+             metrics[family]["localisation_auroc"]["mean"], len(loc))
     return 0
 
 
+def _index_row(slide_id: str, fold: int, label: str, scored: ScoredSlide, n_top: int, dims: tuple[int, int],
+               ds: float, auroc: float | None) -> dict:
+    return {"slide_id": slide_id, "fold": fold, "label": label, "pred": scored.label,
+            **{f"prob_{c}": v for c, v in scored.probabilities.items()},
+            "n_tiles": len(scored.tile_sets["tiles"]), "top_tiles": n_top, "score_layer": scored.primary.name,
+            "score_kind": scored.primary.kind, "slide_width": dims[0], "slide_height": dims[1],
+            "thumb_downsample": ds, "localisation_auroc": auroc}
+
+
 def _localisation(row: pd.Series, coords: np.ndarray, level0_px: int, scores: np.ndarray) -> float | None:
-    """AUROC of tile attention vs the ground-truth tumour mask (None without ground truth or tumour)."""
+    """AUROC of the tile scores vs the ground-truth tumour mask (None without ground truth or tumour)."""
     mask_path = row.get("abs_tumour_mask")
     if not isinstance(mask_path, str) or not mask_path:
         return None

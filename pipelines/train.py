@@ -1,4 +1,4 @@
-"""DVC stage `train`: patient-grouped cross-validation of every configured MIL model, tracked in MLflow."""
+"""DVC stage `train`: patient-grouped cross-validation of every configured method family, tracked in MLflow."""
 
 from __future__ import annotations
 
@@ -7,65 +7,67 @@ import sys
 import yaml
 
 from pipelines.common import ROOT, load_params, project_path, setup_logging
-from slidemil.data.manifest import read_manifest
+from pipelines.training_inputs import training_inputs
 from slidemil.data.splits import SplitConfig, check_no_leakage, make_splits
-from slidemil.features.store import read_feature_attrs
+from slidemil.methods import get_method
 from slidemil.tracking import dvc_out_hash, setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.cross_validation import CVSpec, run_cross_validation
+from slidemil.training.run_log import global_rank
 from slidemil.utils.atomic import atomic_path, write_json_atomic
+
+#: the family that trains the best Optuna trial (data/tune/best_params.yaml)
+TUNED = "tuned"
+
+
+def family_setup(p: dict, family: str, log) -> tuple[str, dict, dict]:
+    """(method name, params section of its config, trainer settings) of one entry of ``train.models``."""
+    t = p["train"]
+    trainer = dict(t["trainer"])
+    if family == TUNED:
+        best = yaml.safe_load(project_path(p["tune"]["best_params"]).read_text())
+        method = best["method"]
+        section = {**t["methods"].get(method, {}), **best["method_config"]}
+        trainer.update(best["trainer"])
+        log.info("tuned: %s with %s, trainer %s (trial %s)", method, best["method_config"], best["trainer"],
+                 best["trial"])
+        return method, section, trainer
+    get_method(family)  # a readable error for a typo in train.models
+    return family, dict(t["methods"].get(family, {})), trainer
 
 
 def main() -> int:
     log = setup_logging("train")
     p = load_params()
     t = p["train"]
-    classes = list(p["data"]["classes"])
-    feat_dir = project_path(p["features"]["out_dir"])
-    slides = read_manifest(project_path(p["validate"]["manifest_out"]))
-    slides["features_path"] = [str(feat_dir / f"{s}.h5") for s in slides["slide_id"]]
-    attrs = read_feature_attrs(slides["features_path"].iloc[0])
-    feature_dim = int(attrs["feature_dim"])
-
-    splits = make_splits(slides, SplitConfig(**t["splits"]))
+    inputs = training_inputs(p)
+    splits = make_splits(inputs.slides, SplitConfig(**t["splits"]))
     check_no_leakage(splits)
-    with atomic_path(project_path(t["splits_out"])) as tmp:
-        splits.to_csv(tmp, index=False)
-
+    if global_rank() == 0:
+        with atomic_path(project_path(t["splits_out"])) as tmp:
+            splits.to_csv(tmp, index=False)
     setup_tracking(ROOT, t["experiment"])
-    enc = p["features"]["encoder"]
-    context = {
-        "encoder": {"name": enc["name"], "weights": str(enc["weights"]), "seed": enc.get("seed", 0),
-                    "weights_id": attrs.get("weights_id"), "feature_dim": feature_dim},
-        "tiling": {k: v for k, v in p["tiling"].items() if k != "workers"},
-        "tissue": dict(p["tissue"]["params"]),
-        "heatmap": dict(p["heatmaps"]["render"]),
-    }
     data_version = {"features_md5": dvc_out_hash(ROOT, "features") or "unknown",
                     "tiles_md5": dvc_out_hash(ROOT, "tile") or "unknown"}
     results = {}
-    for name in t["models"]:
-        model_type, model_cfg, trainer = name, {**t["model_config"], **t.get("model_overrides", {}).get(name, {})}, \
-            dict(t["trainer"])
-        if name == "tuned":  # the best Optuna trial, exported by the tune stage
-            best = yaml.safe_load(project_path(p["tune"]["best_params"]).read_text())
-            model_type, model_cfg = best["model"], {**model_cfg, **best["model_config"]}
-            trainer.update(best["trainer"])
-            log.info("tuned: %s with %s, trainer %s (trial %s)", model_type, best["model_config"], best["trainer"],
-                     best["trial"])
-        model_cfg.update(in_dim=feature_dim, n_classes=len(classes))
-        if model_type not in ("clam_sb", "clam_mb"):
-            model_cfg = {k: v for k, v in model_cfg.items() if k in ("in_dim", "n_classes", "size", "dropout")}
-        spec = CVSpec(model_type, model_cfg, TrainConfig.from_dict(trainer), classes, context,
-                      extra_params={"data_version": data_version["features_md5"], "encoder_weights": attrs.get("weights_id")},
-                      family=name)
-        res = run_cross_validation(slides[["slide_id", "label", "features_path"]], splits, spec,
-                                   project_path(t["out_dir"]) / name)
+    for family in t["models"]:
+        method, section, trainer = family_setup(p, family, log)
+        config = get_method(method).resolve_config(section, n_classes=len(inputs.classes),
+                                                   feature_dims=inputs.feature_dims)
+        spec = CVSpec(method, config, TrainConfig.from_dict(trainer), inputs.classes, inputs.bundle_context,
+                      extra_params={"data_version": data_version["features_md5"],
+                                    "encoder_weights": inputs.feature_attrs.get("weights_id")},
+                      family=family)
+        res = run_cross_validation(inputs.slides[["slide_id", "label"]], splits, spec, inputs.source,
+                                   project_path(t["out_dir"]) / family)
+        if res is None:  # a non-zero DDP rank: rank 0 reports and writes
+            continue
         test = res.summary["test"]
-        log.info("%s: test AUC %.3f +/- %.3f over %d folds (selected fold %d by validation loss)", name,
+        log.info("%s: test AUC %.3f +/- %.3f over %d folds (selected fold %d on validation)", family,
                  test["auc"]["mean"], test["auc"]["std"], test["auc"]["n"], res.best_fold)
-        results[name] = {"parent_run_id": res.parent_run_id, "selected_fold": res.best_fold}
-    write_json_atomic(project_path(t["out_dir"]) / "runs.json", results)
+        results[family] = {"parent_run_id": res.parent_run_id, "selected_fold": res.best_fold, "method": method}
+    if global_rank() == 0:
+        write_json_atomic(project_path(t["out_dir"]) / "runs.json", results)
     return 0
 
 

@@ -43,7 +43,7 @@ def register_random_bundle(
     model_name: str,
     *,
     encoder: str = "resnet18",
-    architecture: str = "abmil",
+    method: str = "abmil",
     classes: tuple[str, ...] = DEMO_CLASSES,
     seed: int = 0,
     tiling: dict | None = None,
@@ -58,7 +58,7 @@ def register_random_bundle(
         "model_name": model_name,
         "artifact_root": str(artifact_root),
         "encoder": encoder,
-        "architecture": architecture,
+        "method": method,
         "classes": list(classes),
         "seed": seed,
         "tiling": dict(tiling or DEMO_TILING),
@@ -91,7 +91,6 @@ def _register(spec: dict) -> dict:
     from slidemil.bundle import ModelBundle
     from slidemil.encoders.registry import build_encoder
     from slidemil.mlflow_model import log_bundle
-    from slidemil.models import build_model
     from slidemil.registry import register_and_promote
     from slidemil.tracking import setup_tracking
 
@@ -100,23 +99,15 @@ def _register(spec: dict) -> dict:
     enc = build_encoder(spec["encoder"], "random", seed=spec["seed"])
     cfg = {"in_dim": enc.feature_dim, "n_classes": len(spec["classes"])}
     torch.manual_seed(spec["seed"])
-    model = build_model(spec["architecture"], cfg)
-    bundle = ModelBundle(
-        spec["architecture"],
+    bundle = ModelBundle.create(
+        spec["method"],
         cfg,
         list(spec["classes"]),
-        {
-            "name": spec["encoder"],
-            "weights": "random",
-            "seed": spec["seed"],
-            "weights_id": enc.weights_id,
-            "feature_dim": enc.feature_dim,
-            "input_px": enc.input_px,
-        },
+        {"name": spec["encoder"], "weights": "random", "seed": spec["seed"], "weights_id": enc.weights_id,
+         "feature_dim": enc.feature_dim},
         spec["tiling"],
         heatmap=spec["heatmap"],
         metadata={"purpose": "untrained bundle for serving tests and benchmarks", "seed": spec["seed"]},
-        state_dict=model.state_dict(),
     )
     folder = bundle.save(root / f"bundle-{spec['model_name']}")
     with mlflow.start_run(run_name=f"{spec['model_name']}-random") as run:

@@ -62,7 +62,7 @@ class SlideMIL:
         t0 = time.perf_counter()
         self.bundle, self.version = _load_champion(SETTINGS.model_name, SETTINGS.model_alias)
         self.predictor = SlidePredictor(self.bundle, device=SETTINGS.device, batch_size=SETTINGS.batch_size)
-        self.feature_dim = int(self.bundle.encoder.get("feature_dim") or self.bundle.model_config["in_dim"])
+        self.feature_dim = int(self.bundle.encoder.feature_dim)
         self._lock = threading.Lock()
         self._warm_up()
         self.started = time.time()
@@ -72,15 +72,17 @@ class SlideMIL:
             SETTINGS.model_name,
             self.version,
             SETTINGS.model_alias,
-            self.bundle.encoder.get("name"),
+            self.bundle.encoder.name,
             time.perf_counter() - t0,
         )
 
     def _warm_up(self) -> None:
         """One tiny forward pass so the first request does not pay for lazy initialisation."""
+        from slidemil.scoring import slide_from_features
+
         zeros = np.zeros((2, self.feature_dim), np.float32)
         with self._lock:
-            self.bundle.predict_features(zeros, self.predictor.model)
+            self.predictor.scorer.score(slide_from_features("warm-up", zeros, np.zeros((2, 2), np.int64), 1))
 
     def __is_ready__(self) -> bool:
         return self.predictor is not None
@@ -140,7 +142,7 @@ class SlideMIL:
             upload = stashed_upload(features, families, SETTINGS.max_upload_bytes, "feature file")
             with upload as (path, name):
                 feats, coords, attrs = _read_bag(path, name, self.feature_dim, SETTINGS.max_feature_rows)
-            expected = self.bundle.encoder.get("weights_id")
+            expected = self.bundle.encoder.weights_id
             got = attrs.get("weights_id")
             if expected and got and got != expected:
                 raise ServingError(
@@ -148,15 +150,21 @@ class SlideMIL:
                     "encoder_mismatch",
                     f"{name}: features come from encoder weights {got!r}; this model needs {expected!r}",
                 )
+            from slidemil.scoring import slide_from_features
+
+            slide = slide_from_features(Path(name).stem, feats, np.zeros((len(feats), 2), np.int64)
+                                        if coords is None else coords, int(attrs.get("level0_px") or 0))
             with self._lock:
-                pred = self.bundle.predict_features(feats, self.predictor.model)
-            scores = pred["tile_scores"]
+                scored = self.predictor.scorer.score(slide)
+            primary = scored.primary
             return {
                 "features": name,
-                "label": pred["label"],
-                "probabilities": pred["probabilities"],
+                "label": scored.label,
+                "probabilities": scored.probabilities,
                 "n_tiles": int(feats.shape[0]),
-                "tile_scores": None if scores is None else _plain(np.asarray(scores)),
+                "tile_scores": None if primary is None else _plain(np.asarray(primary.values)),
+                "score_layers": [{k: v for k, v in layer.to_dict().items() if k != "values"}
+                                 for layer in scored.layers],
                 "coords": None if coords is None else coords.tolist(),
                 "model": self.model_info(),
             }
@@ -180,13 +188,13 @@ class SlideMIL:
         b = self.bundle
         return {
             "model": self.model_info(),
-            "architecture": b.model_name,
+            "method": b.method_name,
             "classes": list(b.class_names),
-            "encoder": {
-                k: b.encoder.get(k) for k in ("name", "weights", "weights_id", "feature_dim", "input_px")
-            },
-            "tiling": dict(b.tiling),
-            "tissue": dict(b.tissue),
+            "encoder": b.encoder.model_dump(),
+            "components": b.spec.components.model_dump(),
+            "tile_sets": list(b.spec.tile_sets),
+            "tiling": dict(b.spec.tiling),
+            "tissue": dict(b.spec.tissue),
             "provenance": _plain(b.metadata),
             "limits": SETTINGS.describe(),
         }
@@ -226,6 +234,7 @@ class SlideMIL:
             "probabilities": pred.probabilities,
             "n_tiles": int(pred.n_tiles),
             "tile_px_level0": int(pred.level0_px),
+            "score_layer": pred.summary()["score_layer"],
             "top_tiles": [
                 {
                     "rank": int(t["rank"]),

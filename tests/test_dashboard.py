@@ -75,12 +75,11 @@ def _tiny_bundle(folder: Path, tag: str) -> Path:
     import torch
 
     from slidemil.bundle import ModelBundle
-    from slidemil.models import build_model
 
     cfg = {"in_dim": 8, "n_classes": len(CLASSES)}
     torch.manual_seed(0)
-    return ModelBundle("abmil", cfg, CLASSES, {"name": "toy"}, {"tile_px": 224}, metadata={"tag": tag},
-                       state_dict=build_model("abmil", cfg).state_dict()).save(folder)
+    return ModelBundle.create("abmil", cfg, CLASSES, {"name": "toy", "feature_dim": 8}, {"tile_px": 224},
+                              metadata={"tag": tag}).save(folder)
 
 
 def _log_models(root: Path, work: Path) -> dict:

@@ -10,27 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidemil.methods import available_methods, build_method, get_method, register_method
+from slidemil.methods.mil import ABMILMethod
+from slidemil.methods.registry import _REGISTRY
 from slidemil.models import (
+    ClamConfig,
     ClamMB,
     ClamSB,
     MILConfig,
     SmoothTop1SVM,
-    available_models,
-    build_model,
     hard_top1_hinge,
     hinge_tolerance,
-    register_model,
     select_pseudo_labels,
     smooth_top1_svm,
 )
-from slidemil.models.base import MILModel
-from slidemil.models.registry import _REGISTRY
 
 D = 32  # small feature size keeps the model tests fast; the default 1024 is covered separately
 
 
-def cfg(**kw) -> MILConfig:
-    return MILConfig(**{"in_dim": D, **kw})
+def cfg(**kw) -> ClamConfig:
+    """CLAM's config (a superset of MILConfig, so it also builds ABMIL and pooling)."""
+    return ClamConfig(**{"in_dim": D, **kw})
+
+
+def build_model(name: str, config) -> nn.Module:
+    """The model a registered method builds from ``config``."""
+    return build_method(name, config).build_model()
 
 
 # ----------------------------------------------------------------------------------------------- SVM loss
@@ -363,7 +368,7 @@ def test_default_architecture_and_init():
 
 
 def test_config_validation_and_round_trip():
-    default = MILConfig()
+    default = ClamConfig()
     assert (default.in_dim, default.n_classes, default.size, default.dropout, default.k_sample) == (
         1024,
         2,
@@ -378,10 +383,14 @@ def test_config_validation_and_round_trip():
         512,
         256,
     )
-    c = MILConfig.from_dict({"n_classes": 3, "subtyping": True, "size": "big"})
-    assert MILConfig.from_dict(c.to_dict()) == c and c.attention_dim == 384
-    with pytest.raises(ValueError, match=r"unknown MILConfig key\(s\) \['bag_wieght'\]"):
-        MILConfig.from_dict({"bag_wieght": 0.5})
+    c = ClamConfig.from_dict({"n_classes": 3, "subtyping": True, "size": "big"})
+    assert ClamConfig.from_dict(c.to_dict()) == c and c.attention_dim == 384
+    with pytest.raises(ValueError, match=r"unknown ClamConfig key\(s\) \['bag_wieght'\]"):
+        ClamConfig.from_dict({"bag_wieght": 0.5})
+    # CLAM's fields do not leak into the other MIL models' config
+    assert set(MILConfig().to_dict()) == {"in_dim", "n_classes", "size", "dropout"}
+    with pytest.raises(ValueError, match=r"unknown MILConfig key\(s\) \['k_sample'\]"):
+        MILConfig.from_dict({"k_sample": 8})
     for bad in (
         {"size": "huge"},
         {"inst_loss": "hinge"},
@@ -392,29 +401,32 @@ def test_config_validation_and_round_trip():
         {"k_sample": 0},
     ):
         with pytest.raises(ValueError):
-            MILConfig.from_dict(bad)
+            ClamConfig.from_dict(bad)
     with pytest.raises(TypeError):
-        MILConfig(in_dim=1024.0)
+        ClamConfig(in_dim=1024.0)
     with pytest.raises(TypeError):
-        MILConfig(subtyping="yes")
+        ClamConfig(subtyping="yes")
 
 
-def test_registry():
-    assert set(available_models()) >= {"clam_sb", "clam_mb", "abmil", "mean_pool", "max_pool"}
-    assert isinstance(build_model("clam_sb", MILConfig()), ClamSB)
-    with pytest.raises(KeyError, match="available"):
-        build_model("transmil", MILConfig())
+def test_method_registry():
+    assert set(available_methods()) >= {"clam_sb", "clam_mb", "abmil", "mean_pool", "max_pool"}
+    assert isinstance(build_model("clam_sb", ClamConfig()), ClamSB)
+    assert get_method("abmil").config_cls is MILConfig and get_method("clam_mb").config_cls is ClamConfig
+    with pytest.raises(KeyError, match="registered methods"):
+        build_method("transmil", {})
     with pytest.raises(TypeError):
-        build_model("clam_sb", 3)
+        build_method("clam_sb", 3)
+    with pytest.raises(ValueError, match="unknown MILConfig key"):
+        build_method("abmil", {"k_sample": 8})
     with pytest.raises(ValueError, match="already registered"):
-        register_model("clam_sb")(type("Other", (MILModel,), {}))
+        register_method("clam_sb")(type("Other", (ABMILMethod,), {}))
     try:
 
-        @register_model("_test_dummy")
-        class Dummy(MILModel):
+        @register_method("_test_dummy")
+        class Dummy(ABMILMethod):
             pass
 
-        assert "_test_dummy" in available_models() and isinstance(build_model("_test_dummy", {}), Dummy)
+        assert "_test_dummy" in available_methods() and isinstance(build_method("_test_dummy", {}), Dummy)
     finally:
         _REGISTRY.pop("_test_dummy", None)
 

@@ -8,7 +8,6 @@ import torch
 
 from slidemil.bundle import ModelBundle
 from slidemil.mlflow_model import log_bundle
-from slidemil.models import build_model
 from slidemil.registry import CHALLENGER, CHAMPION, champion_version, load_bundle, register_and_promote
 from slidemil.tracking import setup_tracking
 
@@ -16,15 +15,8 @@ from slidemil.tracking import setup_tracking
 def _logged_bundle(tmp_path, tag: str) -> tuple[str, str]:
     cfg = {"in_dim": 8, "n_classes": 2}
     torch.manual_seed(len(tag))
-    bundle = ModelBundle(
-        "abmil",
-        cfg,
-        ["a", "b"],
-        {"name": "toy"},
-        {"tile_px": 224},
-        metadata={"tag": tag},
-        state_dict=build_model("abmil", cfg).state_dict(),
-    )
+    bundle = ModelBundle.create("abmil", cfg, ["a", "b"], {"name": "toy", "feature_dim": 8}, {"tile_px": 224},
+                                metadata={"tag": tag})
     folder = bundle.save(tmp_path / tag)
     with mlflow.start_run(run_name=tag) as run:
         info = log_bundle(folder)

@@ -45,7 +45,7 @@ def store(tmp_path_factory) -> dict:
         tmp,
         MODEL,
         encoder="resnet18",
-        architecture="abmil",
+        method="abmil",
         classes=tuple(CLASSES),
         seed=7,
         heatmap={"canvas_max_side": 512},
@@ -156,7 +156,7 @@ def test_metadata_describes_the_champion(server, store):
     meta = requests.post(f"{server['url']}/metadata", json={}, timeout=TIMEOUT).json()
     assert meta["model"] == {"name": MODEL, "version": "1", "alias": "champion"}
     assert meta["classes"] == CLASSES
-    assert meta["architecture"] == "abmil"
+    assert meta["method"] == "abmil"
     assert meta["encoder"]["name"] == "resnet18" and meta["encoder"]["weights_id"] == store["weights_id"]
     assert meta["encoder"]["feature_dim"] == 512
     assert meta["tiling"]["tile_px"] == 224 and meta["tiling"]["target_mpp"] == 0.5

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -14,7 +15,7 @@ from slidemil.data.splits import SplitConfig, make_splits
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.cross_validation import CVSpec, run_cross_validation
-from tests.synthetic_bags import CLASSES, DIM
+from tests.synthetic_bags import CLASSES, DIM, bag_source, bundle_context
 from tests.synthetic_bags import feature_bags as _feature_bags
 
 
@@ -25,17 +26,14 @@ def trained(tmp_path_factory):
     splits = make_splits(slides, SplitConfig(folds=2, seed=0, val_frac=0.2, test_frac=0.2))
     setup_tracking(root, "test-cv")
     spec = CVSpec(
-        model_name="clam_sb",
-        model_config={"in_dim": DIM, "n_classes": 2, "k_sample": 4},
+        method="clam_sb",
+        method_config={"in_dim": DIM, "n_classes": 2, "k_sample": 4},
         train=TrainConfig(lr=1e-3, max_epochs=10, min_epochs=4, patience=4, seed=0),
         class_names=CLASSES,
-        bundle_context={
-            "encoder": {"name": "toy", "weights": "random"},
-            "tiling": {"tile_px": 224, "target_mpp": 0.5},
-        },
+        bundle_context=bundle_context(),
         extra_params={"data_version": "test"},
     )
-    result = run_cross_validation(slides, splits, spec, root / "out")
+    result = run_cross_validation(slides, splits, spec, bag_source(slides), root / "out")
     return root, slides, result
 
 
@@ -67,27 +65,27 @@ def test_cv_learns_and_is_tracked(trained):
         "report/predictions.csv",
     } <= report
     summary = json.loads((root / "out" / "summary.json").read_text())
-    assert summary["selection"] == "lowest validation loss"
+    assert summary["selection"] == "lowest validation loss" and summary["method"] == "clam_sb"
 
 
 def test_bundle_reproduces_predictions_in_fresh_process(trained):
     root, slides, result = trained
     script = textwrap.dedent(f"""
-        import json, h5py, mlflow
+        import json, mlflow
         import pandas as pd
         from slidemil.mlflow_model import load_bundle_from_uri
+        from slidemil.scoring import BundleScorer
+        from tests.synthetic_bags import bag_source
         mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})
         bundle = load_bundle_from_uri("runs:/{result.parent_run_id}/model")
         slides = pd.read_csv({str(root / "slides.csv")!r})
-        out = {{}}
-        model = bundle.build_model()
-        for r in slides.itertuples():
-            with h5py.File(r.features_path) as f:
-                out[r.slide_id] = bundle.predict_features(f["features"][:], model)["probabilities"]
+        source, scorer = bag_source(slides), BundleScorer(bundle)
+        out = {{r.slide_id: scorer.score(source.load(r.slide_id)).probabilities for r in slides.itertuples()}}
         print(json.dumps({{"fold": bundle.metadata["fold"], "probs": out}}))
     """)
     slides.to_csv(root / "slides.csv", index=False)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          cwd=str(Path(__file__).resolve().parents[1]))
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["fold"] == result.best_fold
     logged = result.predictions[result.predictions.fold == result.best_fold]

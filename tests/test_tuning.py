@@ -16,15 +16,17 @@ from slidemil.data.splits import SplitConfig, make_splits
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.tuning import SearchSpace, TuneConfig, export_best, run_tuning
-from tests.synthetic_bags import CLASSES, DIM, feature_bags
+from tests.synthetic_bags import CLASSES, DIM, bag_source, feature_bags
 
-BASE_MODEL = {"in_dim": DIM, "n_classes": 2, "size": "small", "dropout": 0.25, "k_sample": 4, "subtyping": False}
+CLAM = {"size": "small", "dropout": 0.25, "k_sample": 4, "subtyping": False}
+SECTIONS = {"clam_sb": CLAM, "abmil": {"size": "small", "dropout": 0.25}}
+DIMS = {"tiles": DIM}
 BASE_TRAIN = TrainConfig(max_epochs=6, min_epochs=2, patience=3)
 
 
 def _cfg(root: Path, n_trials: int) -> TuneConfig:
     return TuneConfig(study_name="t", storage=f"sqlite:///{root / 'optuna.db'}", n_trials=n_trials,
-                      pruner_warmup_epochs=1, space=SearchSpace(models=["clam_sb", "abmil"], k_sample=(2, 6)))
+                      pruner_warmup_epochs=1, space=SearchSpace(methods=["clam_sb", "abmil"], fields={"k_sample": [2, 6]}))
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +42,21 @@ def bags(tmp_path_factory):
 def test_tuning_tracks_trials_and_exports_best(bags):
     root, slides, splits = bags
     setup_tracking(root, "tune-test")
-    study = run_tuning(slides, splits, _cfg(root, 4), BASE_MODEL, BASE_TRAIN, CLASSES)
+    study = run_tuning(slides, splits, _cfg(root, 4), SECTIONS, BASE_TRAIN, CLASSES, bag_source(slides), DIMS)
     assert len(study.trials) == 4
     assert isinstance(study.pruner, optuna.pruners.MedianPruner)
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == 4
     # validation only: the objective is val_loss; the test split is never read
-    best = export_best(study, root / "best.yaml", BASE_MODEL)
+    best = export_best(study, root / "best.yaml")
     saved = yaml.safe_load((root / "best.yaml").read_text())
-    assert saved == best and saved["model"] in ("clam_sb", "abmil")
+    assert saved == best and saved["method"] in ("clam_sb", "abmil")
+    # each method's own search space: CLAM's fields never reach ABMIL
+    for trial in study.trials:
+        has_clam_fields = {"k_sample", "bag_weight"} <= set(trial.params)
+        assert has_clam_fields == (trial.params["method"] == "clam_sb"), trial.params
+        if "k_sample" in trial.params:
+            assert 2 <= trial.params["k_sample"] <= 6
     assert saved["trainer"]["lr"] == pytest.approx(study.best_params["lr"])
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("tune-test")
@@ -67,13 +75,15 @@ def test_two_worker_processes_share_one_study(bags):
         from pathlib import Path
         from slidemil.tracking import setup_tracking
         from slidemil.training.tuning import run_tuning
-        from tests.test_tuning import BASE_MODEL, BASE_TRAIN, CLASSES, _cfg
+        from tests.synthetic_bags import bag_source
+        from tests.test_tuning import BASE_TRAIN, CLASSES, DIMS, SECTIONS, _cfg
         from dataclasses import replace
         root = Path({str(root)!r})
         setup_tracking(root, "tune-shared")
         cfg = replace(_cfg(root, 3), storage="sqlite:///{storage}", study_name="shared")
-        run_tuning(pd.read_csv(root / "slides.csv"), pd.read_csv(root / "splits.csv"), cfg, BASE_MODEL,
-                   BASE_TRAIN, CLASSES)
+        slides = pd.read_csv(root / "slides.csv")
+        run_tuning(slides, pd.read_csv(root / "splits.csv"), cfg, SECTIONS, BASE_TRAIN, CLASSES,
+                   bag_source(slides), DIMS)
     """)
     env_root = str(Path(__file__).resolve().parents[1])
     # create the study (and the mlflow db) once so two fresh processes do not race on schema creation

@@ -1,4 +1,5 @@
-"""`slidemil ...`: work outside DVC — inspect a slide, predict one slide with a registered model.
+"""`slidemil ...`: work outside DVC — inspect a slide, predict one slide with a registered model, list the
+registered methods, upgrade an old model bundle.
 
 Kept light: heavy imports happen inside the sub-commands so `slidemil --help` is instant.
 """
@@ -37,6 +38,31 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods(args: argparse.Namespace) -> int:
+    from slidemil.methods import describe_methods
+
+    rows = describe_methods()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        print(f"{row['name']}: {row['description']}")
+        print(f"  layers:     {', '.join(row['layers'])}")
+        print(f"  config:     {', '.join(f'{k}={v!r}' for k, v in row['config'].items())}")
+        print(f"  from data:  {', '.join(row['data_fields'])}")
+        print(f"  searchable: {', '.join(row['search_space']) or '-'}")
+        print(f"  selection:  {row['monitor']}")
+    return 0
+
+
+def _bundle_upgrade(args: argparse.Namespace) -> int:
+    from slidemil.bundle import upgrade_format1
+
+    out = upgrade_format1(args.bundle, args.out)
+    print(f"wrote a format-2 bundle to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="slidemil", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -54,13 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--top-k", type=int, default=5)
     pred.add_argument("--out", default="predictions")
     pred.set_defaults(func=_predict)
+    meth = sub.add_parser("methods", help="list the registered methods, their layers and config fields")
+    meth.add_argument("--json", action="store_true", help="machine-readable output")
+    meth.set_defaults(func=_methods)
+    upg = sub.add_parser("bundle-upgrade", help="convert a format-1 model bundle to format 2")
+    upg.add_argument("bundle", help="bundle folder (holding bundle.json and weights.pt)")
+    upg.add_argument("--out", default=None, help="write here instead of in place")
+    upg.set_defaults(func=_bundle_upgrade)
     args = ap.parse_args(argv)
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI prints the reason, not a traceback
+        from slidemil.bundle import BundleError
         from slidemil.slides.errors import SlideError
 
-        if isinstance(exc, SlideError | LookupError | FileNotFoundError):
+        if isinstance(exc, SlideError | LookupError | FileNotFoundError | BundleError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -1,8 +1,10 @@
-"""Raw slide -> diagnosis, probabilities, per-tile scores, heatmap and top tiles, from a bundle alone.
+"""Raw slide -> diagnosis, probabilities, score layers, heatmap and top tiles, from a bundle alone.
 
-The same path the pipeline takes (tissue segmentation, tiling at the bundle's physical resolution, the
-bundle's encoder with its recorded weights, the MIL model), in memory and for one slide. Used by serving,
-the CLI and the dashboard. Imports no Lightning.
+The pipeline's own functions in memory for one slide: tissue segmentation and tiling at the bundle's physical
+resolution (the tile stage's ``segment_tissue`` / ``plan_tiles``), the bundle's encoder with its recorded
+weights (the features stage's ``encode_tiles``), then the one scoring path (:func:`slidemil.scoring.score_slide`:
+bag -> predict -> explain) and the heatmap stage's renderer. Used by serving, the CLI and the dashboard.
+Imports no Lightning.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 from slidemil.bundle import ModelBundle
+from slidemil.methods import SlideData, TileSetView
+from slidemil.scoring import BundleScorer, ScoredSlide
 from slidemil.slides.errors import NoTissueError
 
 
@@ -28,49 +32,72 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 @dataclass
 class SlidePrediction:
     slide_id: str
-    label: str
-    probabilities: dict[str, float]
-    n_tiles: int
-    coords: np.ndarray
-    tile_scores: np.ndarray | None
+    scored: ScoredSlide
     level0_px: int
     heatmap_png: bytes | None = None
     geojson: dict | None = None
     top_tiles: list[dict] = field(default_factory=list)  # rank, x, y, score, png (bytes)
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        return self.scored.label
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return self.scored.probabilities
+
+    @property
+    def coords(self) -> np.ndarray:
+        return self.scored.tile_sets["tiles"].coords
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.scored.tile_sets["tiles"])
+
+    @property
+    def tile_scores(self) -> np.ndarray | None:
+        """Values of the primary score layer (None when the method explains nothing)."""
+        layer = self.scored.primary
+        return None if layer is None else np.asarray(layer.values)
+
     def summary(self) -> dict:
         """JSON-friendly view (no image bytes)."""
+        primary = self.scored.primary
         return {
             "slide_id": self.slide_id,
             "label": self.label,
             "probabilities": self.probabilities,
             "n_tiles": self.n_tiles,
+            "score_layer": None if primary is None else {"name": primary.name, "kind": primary.kind},
             "top_tiles": [{k: v for k, v in t.items() if k != "png"} for t in self.top_tiles],
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
 
 class SlidePredictor:
-    """Holds the bundle's encoder and MIL model; ``predict`` is safe to call repeatedly (not concurrently)."""
+    """Holds the bundle's encoder, method and model; ``predict`` is safe to call repeatedly (not concurrently)."""
 
     def __init__(self, bundle: ModelBundle, *, device: str = "auto", batch_size: int = 32):
         from slidemil.encoders.registry import build_encoder
 
         self.bundle = bundle
         enc = bundle.encoder
-        self.encoder = build_encoder(enc["name"], enc.get("weights", "random"), seed=int(enc.get("seed", 0)))
-        recorded = enc.get("weights_id")
-        if recorded and recorded != self.encoder.weights_id:
-            raise ValueError(f"encoder weights differ from training: bundle has {recorded}, "
+        self.encoder = build_encoder(enc.name, enc.weights, seed=enc.seed)
+        if enc.weights_id and enc.weights_id != self.encoder.weights_id:
+            raise ValueError(f"encoder weights differ from training: bundle has {enc.weights_id}, "
                              f"built {self.encoder.weights_id}")
-        self.model = bundle.build_model()
+        self.scorer = BundleScorer(bundle)
         self.device = device
         self.batch_size = batch_size
 
+    @property
+    def model(self):
+        return self.scorer.model
+
     def predict(self, path: str | Path, *, slide_id: str | None = None, mpp: float | None = None,
                 top_k: int = 5, heatmap: bool = True) -> SlidePrediction:
-        from slidemil.evaluation.heatmap import HeatmapParams, ranked_indices, render_heatmap, with_colorbar
+        from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer
         from slidemil.evaluation.tile_geojson import tiles_to_geojson
         from slidemil.features.extract import TileDataset, encode_tiles
         from slidemil.slides.backends import open_slide
@@ -79,8 +106,9 @@ class SlidePredictor:
 
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        tiling = TilingParams.from_dict({k: v for k, v in self.bundle.tiling.items() if k != "workers"})
-        tissue = TissueParams(**self.bundle.tissue) if self.bundle.tissue else TissueParams()
+        spec = self.bundle.spec
+        tiling = TilingParams.from_dict({k: v for k, v in spec.tiling.items() if k != "workers"})
+        tissue = TissueParams(**spec.tissue) if spec.tissue else TissueParams()
         with open_slide(path, slide_id=slide_id, mpp=mpp) as reader:
             sid = reader.slide_id
             seg = segment_tissue(reader, tissue)
@@ -95,24 +123,26 @@ class SlidePredictor:
                                  device=self.device)
             timings["features"] = time.perf_counter() - t1
             t2 = time.perf_counter()
-            pred = self.bundle.predict_features(feats, self.model)
-            scores = pred["tile_scores"]
+            view = TileSetView(tiles.coords, tiles.geometry.level0_px)
+            scored = self.scorer.score(SlideData(sid, None, {"tiles": view}, {"tiles": feats}), explain=heatmap)
             timings["model"] = time.perf_counter() - t2
             t3 = time.perf_counter()
-            out = SlidePrediction(sid, pred["label"], pred["probabilities"], len(tiles), tiles.coords, scores,
-                                  tiles.geometry.level0_px)
-            if heatmap and scores is not None:
-                params = HeatmapParams(**self.bundle.heatmap) if self.bundle.heatmap else HeatmapParams()
+            out = SlidePrediction(sid, scored, tiles.geometry.level0_px)
+            layer = scored.primary
+            if heatmap and layer is not None:
+                params = HeatmapParams(**spec.heatmap) if spec.heatmap else HeatmapParams()
                 thumb, ds = reader.thumbnail(max_side=min(params.canvas_max_side, 1024))
-                result = render_heatmap(thumb, ds, tiles.coords, tiles.geometry.level0_px, scores, params,
-                                        tissue_mask=seg.mask, mask_downsample=_mask_ds(seg),
-                                        slide_dims=reader.dimensions)
-                out.heatmap_png = png_bytes(with_colorbar(result.overlay_rgb, params.cmap))
-                out.geojson = tiles_to_geojson(tiles.coords, tiles.geometry.level0_px, {"attention": scores}, sid)
-                for rank, i in enumerate(ranked_indices(scores, top_k), start=1):
-                    x, y = (int(v) for v in tiles.coords[i])
-                    out.top_tiles.append({"rank": rank, "x": x, "y": y, "score": float(scores[i]),
-                                          "png": png_bytes(reader.read_tile((x, y), tiles.geometry))})
+                image = render_score_layer(thumb, ds, layer, view.coords, view.level0_px, params,
+                                           tissue_mask=seg.mask, mask_downsample=_mask_ds(seg),
+                                           slide_dims=reader.dimensions,
+                                           title=f"{sid} | {spec.method} | {scored.label}: {layer.name}")
+                out.heatmap_png = png_bytes(image)
+                out.geojson = tiles_to_geojson(view.coords, view.level0_px,
+                                               {la.name: la.values for la in scored.layers if la.tile_set == "tiles"},
+                                               sid)
+                for t in scored.top_tiles(top_k):
+                    out.top_tiles.append({**{k: t[k] for k in ("rank", "x", "y", "score")},
+                                          "png": png_bytes(reader.read_tile((t["x"], t["y"]), tiles.geometry))})
             timings["heatmap"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
         out.timings = timings

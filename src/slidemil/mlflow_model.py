@@ -15,13 +15,17 @@ class BundlePyfunc(mlflow.pyfunc.PythonModel):
     probabilities; the full bundle (with tiling/encoder settings) is ``unwrap_python_model().bundle``."""
 
     def load_context(self, context) -> None:
+        from slidemil.scoring import BundleScorer
+
         self.bundle = ModelBundle.load(context.artifacts["bundle"])
-        self.model = self.bundle.build_model()
+        self.scorer = BundleScorer(self.bundle)
 
     def predict(self, context, model_input, params=None):
-        feats = model_input["features"] if isinstance(model_input, dict) else model_input
-        result = self.bundle.predict_features(np.asarray(feats, dtype=np.float32), self.model)
-        return result["probabilities"]
+        from slidemil.scoring import slide_from_features
+
+        feats = np.asarray(model_input["features"] if isinstance(model_input, dict) else model_input, np.float32)
+        slide = slide_from_features("input", feats, np.zeros((len(feats), 2), np.int64), 0)
+        return self.scorer.score(slide, explain=False).probabilities
 
 
 def log_bundle(bundle_dir: str | Path, name: str = "model"):

@@ -10,13 +10,14 @@ result is clipped to tissue so background never looks "attended".
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import matplotlib
 import numpy as np
 
+from slidemil.methods.base import ScoreLayer
 from slidemil.slides.geometry import TileGeometry
 from slidemil.slides.reader import SlideReader
 from slidemil.utils.atomic import write_png_atomic
@@ -185,12 +186,14 @@ def render_heatmap(
     tissue_mask: np.ndarray | None = None,
     mask_downsample: float | None = None,
     slide_dims: tuple[int, int] | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> HeatmapResult:
     """Scores -> percentiles -> canvas -> blur -> tissue mask -> colormap -> alpha blend on the thumbnail.
 
     The canvas is painted at the thumbnail's scale, or coarser when the thumbnail is larger than
     ``params.canvas_max_side`` (then upsampled for blending). Pixels without a tile, or outside the tissue
     mask, keep the plain thumbnail. ``slide_dims`` (level-0 (w, h)) defaults to thumbnail size x downsample.
+    ``value_range`` fixes the colour scale of raw values (e.g. (0, 1) for probabilities) when percentiles are off.
     """
     params = params or HeatmapParams()
     thumb = np.asarray(thumbnail_rgb)
@@ -216,6 +219,8 @@ def render_heatmap(
 
     if params.percentiles:
         vmin, vmax = 0.0, 1.0
+    elif value_range is not None:
+        vmin, vmax = value_range
     elif np.isfinite(canvas).any():
         vmin, vmax = float(np.nanmin(canvas)), float(np.nanmax(canvas))
     else:
@@ -324,3 +329,57 @@ __all__ = [
     "to_percentiles",
     "with_colorbar",
 ]
+
+
+# ---- score layers ------------------------------------------------------------------------------------
+def legend_labels(layer: ScoreLayer) -> tuple[str, str, str]:
+    """(title, low label, high label) of a layer's colour bar: percentiles for relative scores, 0-1 for
+    probabilities."""
+    what = f"{layer.name} ({layer.class_name})" if layer.class_name else layer.name
+    if layer.relative:
+        return f"{what}, within-slide percentile", "0", "100"
+    return f"{what}, probability", "0.0", "1.0"
+
+
+def render_score_layer(
+    thumbnail_rgb: np.ndarray,
+    thumb_downsample: float,
+    layer: ScoreLayer,
+    coords: np.ndarray,
+    level0_px: float,
+    params: HeatmapParams | None = None,
+    *,
+    tissue_mask: np.ndarray | None = None,
+    mask_downsample: float | None = None,
+    slide_dims: tuple[int, int] | None = None,
+    title: str | None = None,
+) -> np.ndarray:
+    """Paint any score layer with a labelled legend: attention / contribution / ranks as within-slide
+    percentiles, probabilities on the absolute 0-1 scale. Returns the RGB image (overlay + legend strip)."""
+    params = replace(params or HeatmapParams(), percentiles=layer.relative)
+    result = render_heatmap(thumbnail_rgb, thumb_downsample, coords, level0_px, layer.values, params,
+                            tissue_mask=tissue_mask, mask_downsample=mask_downsample, slide_dims=slide_dims,
+                            value_range=None if layer.relative else (0.0, 1.0))
+    name, low, high = legend_labels(layer)
+    return with_legend(result.overlay_rgb, params.cmap, title or name, low, high)
+
+
+def with_legend(overlay_rgb: np.ndarray, cmap: str, title: str, low: str, high: str) -> np.ndarray:
+    """Overlay with a title line on top and a colour bar labelled at both ends on the right."""
+    h, w = overlay_rgb.shape[:2]
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, min(0.6, w / 1400)), 1
+    (_, th), _ = cv2.getTextSize("Ag", font, scale, thick)
+    label_w = max(cv2.getTextSize(t, font, scale, thick)[0][0] for t in (low, high))
+    bar_h = max(16, int(h * 0.6))
+    bar_w = max(8, min(32, w // 40))
+    bar = colorbar_legend(cmap, height=min(bar_h, h), width=bar_w)
+    margin, head = 8, th + 12
+    out = np.full((h + head, w + bar_w + label_w + 3 * margin, 3), 255, dtype=np.uint8)
+    out[head:, :w] = overlay_rgb
+    cv2.putText(out, title, (margin, th + 4), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    top = head + (h - bar.shape[0]) // 2
+    x0 = w + margin
+    out[top : top + bar.shape[0], x0 : x0 + bar_w] = bar
+    cv2.putText(out, high, (x0 + bar_w + 4, top + th), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    cv2.putText(out, low, (x0 + bar_w + 4, top + bar.shape[0]), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return out

@@ -12,10 +12,8 @@ from torch import Tensor, nn
 from slidemil.models.attention import GatedAttention
 from slidemil.models.base import MILModel, MILOutput, init_linear_weights
 from slidemil.models.config import MILConfig
-from slidemil.models.registry import register_model
 
 
-@register_model("abmil")
 class ABMIL(MILModel):
     """fc -> gated attention (1 branch) -> z = sum_k A_k h'_k -> Linear(L -> C)."""
 

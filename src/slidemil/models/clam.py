@@ -19,9 +19,8 @@ from torch import Tensor, nn
 
 from slidemil.models.attention import GatedAttention
 from slidemil.models.base import MILModel, MILOutput, init_linear_weights, label_index
-from slidemil.models.config import MILConfig
+from slidemil.models.config import ClamConfig
 from slidemil.models.losses import SmoothTop1SVM
-from slidemil.models.registry import register_model
 
 
 def select_pseudo_labels(scores: Tensor, k: int, in_class: bool) -> tuple[Tensor, Tensor]:
@@ -60,7 +59,7 @@ def select_pseudo_labels(scores: Tensor, k: int, in_class: bool) -> tuple[Tensor
 class _Clam(MILModel):
     """Shared CLAM machinery; subclasses choose the number of attention branches and the bag classifier."""
 
-    def __init__(self, config: MILConfig, n_branches: int) -> None:
+    def __init__(self, config: ClamConfig, n_branches: int) -> None:
         super().__init__(config)
         self.attention = GatedAttention(config.hidden_dim, config.attention_dim, n_branches, config.dropout)
         self.instance_classifiers = nn.ModuleList(
@@ -134,11 +133,10 @@ class _Clam(MILModel):
         }
 
 
-@register_model("clam_sb")
 class ClamSB(_Clam):
     """Single attention branch shared by all classes; z = sum_k A_k h'_k; logits = Linear(L -> C)(z)."""
 
-    def __init__(self, config: MILConfig) -> None:
+    def __init__(self, config: ClamConfig) -> None:
         super().__init__(config, n_branches=1)
         self.classifier = nn.Linear(config.hidden_dim, config.n_classes)
         init_linear_weights(self)
@@ -147,14 +145,13 @@ class ClamSB(_Clam):
         return self.classifier(attention[0] @ h)
 
 
-@register_model("clam_mb")
 class ClamMB(_Clam):
     """One attention branch and one independent Linear(L -> 1) per class: logit_c = f_c(sum_k A_ck h'_k).
 
     The per-class heads are separate modules on purpose (one upstream release shared one head, a bug).
     """
 
-    def __init__(self, config: MILConfig) -> None:
+    def __init__(self, config: ClamConfig) -> None:
         super().__init__(config, n_branches=config.n_classes)
         self.classifiers = nn.ModuleList(nn.Linear(config.hidden_dim, 1) for _ in range(config.n_classes))
         init_linear_weights(self)

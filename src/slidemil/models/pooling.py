@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from slidemil.models.base import MILModel, MILOutput, init_linear_weights, label_index
 from slidemil.models.config import MILConfig
-from slidemil.models.registry import register_model
 
 
 class _PoolingMIL(MILModel):
@@ -52,7 +51,6 @@ class _PoolingMIL(MILModel):
         return output.contributions[class_index]
 
 
-@register_model("mean_pool")
 class MeanPoolMIL(_PoolingMIL):
     """fc -> mean over tiles -> Linear(L -> C)."""
 
@@ -61,7 +59,6 @@ class MeanPoolMIL(_PoolingMIL):
         return h.mean(dim=0), per_tile
 
 
-@register_model("max_pool")
 class MaxPoolMIL(_PoolingMIL):
     """fc -> element-wise max over tiles -> Linear(L -> C)."""
 

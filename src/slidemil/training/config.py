@@ -20,6 +20,9 @@ class TrainConfig:
     seed: int = 0
     accelerator: str = "auto"
     devices: Any = "auto"
+    #: Lightning strategy: "auto" (one device), "ddp" for several processes / GPUs (metrics are gathered
+    #: across ranks; only rank 0 writes files and MLflow runs)
+    strategy: str = "auto"
     deterministic: bool = True
     #: CPU threads for training. MIL bags are small: one thread is fastest, and more threads spin-wait
     #: against other processes (several times slower on a busy 2-core machine). null = torch's default.

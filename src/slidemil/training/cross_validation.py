@@ -2,8 +2,9 @@
 
 One parent run per model with a nested run per fold. Each fold logs its params, per-epoch losses and metrics,
 val/test metrics and its bundle; the parent logs the mean +/- std over folds, ROC curves, the confusion matrix,
-the splits and per-slide predictions, and the bundle of the fold with the lowest *validation* loss as a pyfunc
-model (the one promoted and served). Test folds are never used to choose anything.
+the splits and per-slide predictions, and the bundle of the fold with the best *validation* value of the
+method's monitored metric as a pyfunc model (the one promoted and served). Test folds never choose anything.
+Works for every registered method: it only talks to the method contract.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 
-from slidemil.bundle import ModelBundle
+from slidemil.bundle import BundleSpec, ModelBundle
 from slidemil.evaluation.metrics import METRICS, confusion, roc_points, slide_metrics, summarise_folds
 from slidemil.evaluation.plots import plot_confusion, plot_roc
-from slidemil.mlflow_model import log_bundle
-from slidemil.training.bags import BagItem, FeatureCache
+from slidemil.methods import build_method
 from slidemil.training.config import TrainConfig
+from slidemil.training.data import SlideRef, SlideSource
 from slidemil.training.fold import train_fold
+from slidemil.training.run_log import global_rank, run_log
 from slidemil.utils.atomic import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -32,17 +33,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CVSpec:
-    model_name: str
-    model_config: dict
+    method: str
+    method_config: dict
     train: TrainConfig
     class_names: list[str]
-    bundle_context: dict  # encoder, tiling, tissue, heatmap dicts copied into every bundle
+    bundle_context: dict  # components, tile_sets, tiling, tissue, heatmap copied into every bundle
     extra_params: dict = field(default_factory=dict)  # logged on the parent run (data version, ...)
-    family: str | None = None  # run/display name when it differs from the model type (e.g. "tuned")
+    family: str | None = None  # run/display name when it differs from the method (e.g. "tuned")
 
     @property
     def name(self) -> str:
-        return self.family or self.model_name
+        return self.family or self.method
 
 
 @dataclass
@@ -60,55 +61,64 @@ def _prob_matrix(preds: pd.DataFrame, class_names: list[str]) -> np.ndarray:
     return preds[[f"prob_{c}" for c in class_names]].to_numpy()
 
 
-def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpec, out_dir: str | Path) -> CVResult:
-    """``slides``: slide_id, label (class name), features_path. ``splits``: fold, slide_id, split."""
+def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpec, source: SlideSource,
+                         out_dir: str | Path) -> CVResult | None:
+    """``slides``: slide_id, label (class name). ``splits``: fold, slide_id, split. ``source`` loads each
+    slide's layers. Returns None on the non-zero ranks of a distributed run (rank 0 writes everything)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if global_rank() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
     index = {c: i for i, c in enumerate(spec.class_names)}
-    items = {r.slide_id: BagItem(r.slide_id, Path(r.features_path), index[r.label]) for r in slides.itertuples()}
-    cache = FeatureCache(preload=True)
+    refs = {r.slide_id: SlideRef(r.slide_id, index[r.label]) for r in slides.itertuples()}
+    method = build_method(spec.method, spec.method_config)
+    tracker = run_log()
+    rank0 = global_rank() == 0
     fold_rows, all_preds, bundles = [], [], {}
-    with mlflow.start_run(run_name=spec.name) as parent:
-        mlflow.set_tags({"slidemil.model": spec.name, "slidemil.model_type": spec.model_name,
-                         "slidemil.kind": "cv-parent"})
-        mlflow.log_params({f"model.{k}": v for k, v in spec.model_config.items()})
-        mlflow.log_params({f"train.{k}": v for k, v in spec.train.to_dict().items()})
-        mlflow.log_params({f"encoder.{k}": v for k, v in spec.bundle_context.get("encoder", {}).items()})
-        mlflow.log_params({f"tiling.{k}": v for k, v in spec.bundle_context.get("tiling", {}).items()})
-        mlflow.log_params({**spec.extra_params, "n_slides": len(slides), "n_folds": splits["fold"].nunique()})
+    with tracker.run(spec.name, tags={"slidemil.model": spec.name, "slidemil.method": spec.method,
+                                      "slidemil.kind": "cv-parent"}) as parent_id:
+        tracker.params({f"method.{k}": v for k, v in spec.method_config.items()})
+        tracker.params({f"train.{k}": v for k, v in spec.train.to_dict().items()})
+        for tile_set, enc in spec.bundle_context.get("components", {}).get("encoders", {}).items():
+            tracker.params({f"encoder.{tile_set}.{k}": v for k, v in enc.items()})
+        tracker.params({f"tiling.{k}": v for k, v in spec.bundle_context.get("tiling", {}).items()})
+        tracker.params({**spec.extra_params, "n_slides": len(slides), "n_folds": splits["fold"].nunique(),
+                        "selection": f"{method.monitor} ({method.mode}) on validation"})
         for fold, fsplit in splits.groupby("fold"):
-            parts = {s: [items[i] for i in fsplit.loc[fsplit.split == s, "slide_id"]] for s in ("train", "val", "test")}
-            with mlflow.start_run(run_name=f"{spec.name}-fold{fold}", nested=True):
-                mlflow.set_tags({"slidemil.model": spec.name, "slidemil.fold": str(fold),
-                                 "slidemil.kind": "cv-fold"})
-                mlflow.log_params({"fold": fold, **{f"n_{s}": len(v) for s, v in parts.items()}})
-                res = train_fold(int(fold), spec.model_name, spec.model_config, parts, spec.train,
-                                 spec.class_names, cache=cache, metric_sink=lambda m, step: mlflow.log_metrics(m, step=step))
+            parts = {s: [refs[i] for i in fsplit.loc[fsplit.split == s, "slide_id"]] for s in ("train", "val", "test")}
+            with tracker.run(f"{spec.name}-fold{fold}", nested=True,
+                             tags={"slidemil.model": spec.name, "slidemil.fold": str(fold),
+                                   "slidemil.kind": "cv-fold"}) as fold_run_id:
+                tracker.params({"fold": fold, **{f"n_{s}": len(v) for s, v in parts.items()}})
+                res = train_fold(int(fold), method, parts, source, spec.train, spec.class_names,
+                                 metric_sink=tracker.metrics)
+                if res is None:  # not rank 0
+                    continue
                 row = {"fold": int(fold), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-                       "best_val_loss": res.best_val_loss}
+                       "best_val_loss": res.best_val_loss, "best_score": res.best_score}
                 for split in ("val", "test"):
                     p = res.predictions[res.predictions.split == split]
                     if len(p):
                         m = slide_metrics(p["label"].to_numpy(), _prob_matrix(p, spec.class_names))
                         row.update({f"{split}_{k}": v for k, v in m.items()})
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "fold" and not pd.isna(v)})
-                bundle = ModelBundle(
-                    model_name=spec.model_name, model_config=spec.model_config, class_names=spec.class_names,
+                tracker.metrics({k: v for k, v in row.items() if k != "fold" and not pd.isna(v)})
+                bundle = ModelBundle(BundleSpec(
+                    method=spec.method, method_config=spec.method_config, class_names=spec.class_names,
                     **spec.bundle_context,
-                    metadata={"fold": int(fold), "cv_parent_run_id": parent.info.run_id,
-                              "fold_run_id": mlflow.active_run().info.run_id, "best_epoch": res.best_epoch,
+                    metadata={"fold": int(fold), "cv_parent_run_id": parent_id, "fold_run_id": fold_run_id,
+                              "best_epoch": res.best_epoch, "monitor": res.monitor, "best_score": res.best_score,
                               "val_loss": res.best_val_loss, **spec.extra_params},
-                    state_dict=res.state_dict,
-                )
+                ), res.state_dict)
                 bundles[int(fold)] = bundle.save(out_dir / "folds" / f"fold{fold}" / "bundle")
-                mlflow.log_artifacts(str(bundles[int(fold)]), "bundle")
+                tracker.artifacts(str(bundles[int(fold)]), "bundle")
                 with tempfile.TemporaryDirectory() as tmp:
                     res.predictions.to_csv(Path(tmp) / "predictions.csv", index=False)
-                    mlflow.log_artifact(str(Path(tmp) / "predictions.csv"))
+                    tracker.artifact(str(Path(tmp) / "predictions.csv"))
                 fold_rows.append(row)
                 all_preds.append(res.predictions)
-                log.info("%s fold %d: best epoch %d/%d, val loss %.4f, test auc %.4f", spec.name, fold,
-                         res.best_epoch, res.epochs_run, res.best_val_loss, row.get("test_auc", float("nan")))
+                log.info("%s fold %d: best epoch %d/%d, %s %.4f, test auc %.4f", spec.name, fold,
+                         res.best_epoch, res.epochs_run, res.monitor, res.best_score, row.get("test_auc", float("nan")))
+        if not rank0:
+            return None
         per_fold = pd.DataFrame(fold_rows)
         preds = pd.concat(all_preds, ignore_index=True)
         summary = {
@@ -119,19 +129,20 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
         }
         for split, s in summary.items():
             for m, v in s.items():
-                mlflow.log_metrics({f"{split}_{m}_mean": v["mean"], f"{split}_{m}_std": v["std"]})
-        best_fold = int(per_fold.loc[per_fold["best_val_loss"].idxmin(), "fold"])
-        mlflow.log_params({"selected_fold": best_fold, "selection": "lowest validation loss"})
-        _write_artifacts(out_dir, spec, splits, per_fold, preds, summary, best_fold, bundles[best_fold],
-                         parent.info.run_id)
-        mlflow.log_artifacts(str(out_dir / "report"), "report")
+                tracker.metrics({f"{split}_{m}_mean": v["mean"], f"{split}_{m}_std": v["std"]})
+        pick = per_fold["best_score"].idxmin() if method.mode == "min" else per_fold["best_score"].idxmax()
+        best_fold = int(per_fold.loc[pick, "fold"])
+        selection = f"{'lowest' if method.mode == 'min' else 'highest'} validation {method.monitor.removeprefix('val_')}"
+        tracker.params({"selected_fold": best_fold, "selection_rule": selection})
+        _write_artifacts(out_dir, spec, splits, per_fold, preds, summary, best_fold, selection, parent_id)
+        tracker.artifacts(str(out_dir / "report"), "report")
         bundle_dir = ModelBundle.load(bundles[best_fold]).save(out_dir / "bundle")
-        log_bundle(bundle_dir, name="model")
-    return CVResult(spec.name, parent.info.run_id, per_fold, preds, summary, best_fold, bundle_dir)
+        tracker.bundle(str(bundle_dir))
+    return CVResult(spec.name, parent_id, per_fold, preds, summary, best_fold, bundle_dir)
 
 
 def _write_artifacts(out_dir: Path, spec: CVSpec, splits: pd.DataFrame, per_fold: pd.DataFrame,
-                     preds: pd.DataFrame, summary: dict, best_fold: int, best_bundle: Path, run_id: str) -> None:
+                     preds: pd.DataFrame, summary: dict, best_fold: int, selection: str, run_id: str) -> None:
     report = out_dir / "report"
     report.mkdir(exist_ok=True)
     splits.to_csv(report / "splits.csv", index=False)
@@ -147,7 +158,7 @@ def _write_artifacts(out_dir: Path, spec: CVSpec, splits: pd.DataFrame, per_fold
     plot_confusion(confusion(test["label"].to_numpy(), probs, len(spec.class_names)), spec.class_names,
                    report / "confusion_test.png", f"{spec.name}: test (all folds)")
     write_json_atomic(out_dir / "summary.json", {
-        "model": spec.name, "model_type": spec.model_name, "parent_run_id": run_id, "selected_fold": best_fold,
-        "selection": "lowest validation loss", "summary": summary,
+        "model": spec.name, "method": spec.method, "parent_run_id": run_id, "selected_fold": best_fold,
+        "selection": selection, "summary": summary,
         "per_fold": json.loads(per_fold.to_json(orient="records")),
     })

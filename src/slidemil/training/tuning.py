@@ -1,8 +1,9 @@
 """Hyper-parameter search with Optuna over the MIL models, on validation data only.
 
-Each trial trains on the training part of one or more folds and is scored by the *validation* metric of the
-best-validation-loss checkpoint; the test parts are never touched. Unpromising trials are pruned by the
-Lightning pruning callback (watching ``val_loss`` per epoch). The study lives in any SQLAlchemy database URL
+Each trial picks a registered method and samples that method's own search space (plus the shared trainer
+ranges), trains on the training part of one or more folds and is scored by the *validation* metric of the
+checkpoint the method selects; the test parts are never touched. Unpromising trials are pruned by the
+Lightning pruning callback (watching the method's monitored metric per epoch). The study lives in any SQLAlchemy database URL
 (an embedded sqlite file by default), so several processes or machines can work on one study. Each trial is
 a nested MLflow run under one parent run per tuning invocation.
 """
@@ -20,25 +21,37 @@ import pandas as pd
 import yaml
 
 from slidemil.evaluation.metrics import slide_metrics
-from slidemil.training.bags import BagItem, FeatureCache
+from slidemil.methods import get_method
 from slidemil.training.config import TrainConfig
+from slidemil.training.data import SlideRef, SlideSource
 from slidemil.training.fold import train_fold
 
 log = logging.getLogger(__name__)
 
-CLAM_ONLY = ("k_sample", "bag_weight")
+#: trainer settings every method shares, searched log-uniformly
+TRAINER_SPACE: dict[str, tuple[float, float]] = {"lr": (1e-5, 2e-3), "weight_decay": (1e-6, 1e-3)}
 
 
 @dataclass
 class SearchSpace:
-    """Ranges searched (log-uniform for rates); ``models`` are the candidate model types."""
+    """What a study searches: the candidate methods, the trainer ranges, and optional [low, high] (or
+    choices) that narrow a config field of any method that declares it in its own search space."""
 
-    lr: tuple[float, float] = (1e-5, 2e-3)
-    weight_decay: tuple[float, float] = (1e-6, 1e-3)
-    dropout: tuple[float, float] = (0.0, 0.5)
-    bag_weight: tuple[float, float] = (0.3, 1.0)
-    k_sample: tuple[int, int] = (2, 16)
-    models: list[str] = field(default_factory=lambda: ["clam_sb", "clam_mb", "abmil"])
+    methods: list[str] = field(default_factory=lambda: ["clam_sb", "clam_mb", "abmil"])
+    trainer: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(TRAINER_SPACE))
+    fields: dict[str, list] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.methods:
+            get_method(name)  # unknown method names fail here, before any trial runs
+        unknown = sorted(set(self.trainer) - set(TRAINER_SPACE))
+        if unknown:
+            raise ValueError(f"tune.space.trainer: unknown key(s) {unknown}; allowed: {sorted(TRAINER_SPACE)}")
+        searchable = {f for m in self.methods for f in get_method(m).search_space}
+        stray = sorted(set(self.fields) - searchable)
+        if stray:
+            raise ValueError(f"tune.space.fields {stray} are searched by none of {self.methods} "
+                             f"(their searchable fields: {sorted(searchable)})")
 
 
 @dataclass
@@ -59,17 +72,13 @@ class TuneConfig:
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> tuple[str, dict, dict]:
-    """Sample (model_name, model-config overrides, trainer overrides) for one trial."""
-    model = trial.suggest_categorical("model", space.models)
-    model_cfg = {"dropout": trial.suggest_float("dropout", *space.dropout)}
-    if model.startswith("clam"):
-        model_cfg["bag_weight"] = trial.suggest_float("bag_weight", *space.bag_weight)
-        model_cfg["k_sample"] = trial.suggest_int("k_sample", *space.k_sample)
-    trainer = {
-        "lr": trial.suggest_float("lr", *space.lr, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
-    }
-    return model, model_cfg, trainer
+    """Sample (method name, method-config overrides, trainer overrides) for one trial, from the chosen
+    method's own search space."""
+    method = trial.suggest_categorical("method", space.methods)
+    overrides = {name: param.suggest(trial, name, space.fields.get(name))
+                 for name, param in get_method(method).search_space.items()}
+    trainer = {k: trial.suggest_float(k, *space.trainer[k], log=True) for k in space.trainer}
+    return method, overrides, trainer
 
 
 def create_study(cfg: TuneConfig) -> optuna.Study:
@@ -89,34 +98,40 @@ def run_tuning(
     slides: pd.DataFrame,
     splits: pd.DataFrame,
     cfg: TuneConfig,
-    base_model_config: dict,
+    method_sections: dict[str, dict],
     base_train: TrainConfig,
     class_names: list[str],
+    source: SlideSource,
+    feature_dims: dict[str, int],
 ) -> optuna.Study:
-    """Run ``cfg.n_trials`` trials in this process (others may add trials to the same study concurrently)."""
+    """Run ``cfg.n_trials`` trials in this process (others may add trials to the same study concurrently).
+
+    ``method_sections`` holds each candidate method's params.yaml section (its base config).
+    """
     from optuna_integration import PyTorchLightningPruningCallback
 
     index = {c: i for i, c in enumerate(class_names)}
-    items = {r.slide_id: BagItem(r.slide_id, Path(r.features_path), index[r.label]) for r in slides.itertuples()}
-    cache = FeatureCache(preload=True)
+    refs = {r.slide_id: SlideRef(r.slide_id, index[r.label]) for r in slides.itertuples()}
     study = create_study(cfg)
 
     def objective(trial: optuna.Trial) -> float:
-        model, model_over, train_over = suggest(trial, cfg.space)
-        model_cfg = {**base_model_config, **model_over}
-        if not model.startswith("clam"):
-            model_cfg = {k: v for k, v in model_cfg.items() if k in ("in_dim", "n_classes", "size", "dropout")}
+        name, overrides, train_over = suggest(trial, cfg.space)
+        method_cls = get_method(name)
+        config = method_cls.resolve_config({**method_sections.get(name, {}), **overrides},
+                                           n_classes=len(class_names), feature_dims=feature_dims)
+        method = method_cls(config)
         train_cfg = TrainConfig.from_dict({**base_train.to_dict(), **train_over})
         scores = []
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
             mlflow.set_tags({"slidemil.kind": "tune-trial", "optuna.study": cfg.study_name,
                              "optuna.trial": str(trial.number)})
-            mlflow.log_params({"model": model, **model_over, **train_over})
+            mlflow.log_params({"method": name, **overrides, **train_over})
             for fold in cfg.folds:
                 fs = splits[splits.fold == fold]
-                parts = {s: [items[i] for i in fs.loc[fs.split == s, "slide_id"]] for s in ("train", "val")}
-                callbacks = [PyTorchLightningPruningCallback(trial, monitor="val_loss")] if len(cfg.folds) == 1 else []
-                res = train_fold(fold, model, model_cfg, parts, train_cfg, class_names, cache=cache,
+                parts = {s: [refs[i] for i in fs.loc[fs.split == s, "slide_id"]] for s in ("train", "val")}
+                callbacks = ([PyTorchLightningPruningCallback(trial, monitor=method.monitor)]
+                             if len(cfg.folds) == 1 else [])
+                res = train_fold(fold, method, parts, source, train_cfg, class_names,
                                  metric_sink=lambda m, step: mlflow.log_metrics(m, step=step),
                                  extra_callbacks=callbacks)
                 val = res.predictions[res.predictions.split == "val"]
@@ -167,25 +182,25 @@ def _log_study(study: optuna.Study, run_id: str) -> None:
             log.warning("parameter importance not computed: %s", exc)
 
 
-def export_best(study: optuna.Study, path: str | Path, base_model_config: dict) -> dict:
-    """Write the best trial as a YAML file the train stage reads (``train.use_tuned: true``)."""
+def export_best(study: optuna.Study, path: str | Path) -> dict:
+    """Write the best trial as a YAML file the train stage reads for its ``tuned`` family: the method, the
+    config fields the trial changed and the trainer settings."""
     from slidemil.utils.atomic import write_text_atomic
 
     best = study.best_trial
     p = dict(best.params)
-    model = p.pop("model")
-    trainer = {k: p.pop(k) for k in ("lr", "weight_decay") if k in p}
+    method = p.pop("method")
+    trainer = {k: p.pop(k) for k in TRAINER_SPACE if k in p}
+    searchable = get_method(method).search_space
     out = {
-        "model": model,
-        "model_config": {**{k: v for k, v in base_model_config.items() if k not in ("in_dim", "n_classes")}, **p},
+        "method": method,
+        "method_config": {k: v for k, v in p.items() if k in searchable},
         "trainer": trainer,
         "study": study.study_name,
         "trial": best.number,
         "value": float(best.value),
         "n_trials": len(study.trials),
     }
-    if not model.startswith("clam"):
-        out["model_config"] = {k: v for k, v in out["model_config"].items() if k in ("size", "dropout")}
     write_text_atomic(path, yaml.safe_dump(out, sort_keys=False))
     return out
 
