@@ -33,13 +33,12 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
-from dataclasses import fields
-
 import torch
 
 from slidemil.bundle import ModelBundle
