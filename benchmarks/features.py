@@ -48,7 +48,7 @@ def shared_slide() -> Path:
 
 def synthetic_slide(out_dir: Path) -> Path:
     """A 4096 px procedural H&E slide at 0.5 um/px (the project's demo generator)."""
-    from slidemil.slides.synthetic import SyntheticSlideSpec, generate_slide
+    from slidemil.demo.dataset import SyntheticSlideSpec, generate_slide
 
     spec = SyntheticSlideSpec(
         slide_id="bench_synthetic",

@@ -33,7 +33,7 @@ from serving.devserver import BentoServer, register_random_bundle  # noqa: E402
 
 def demo_slide(out_dir: Path, width_um: float, height_um: float, mpp: float) -> Path:
     """A slide of the demo dataset's default size (1500 x 1200 um) and pixel size."""
-    from slidemil.slides.synthetic import SyntheticSlideSpec, generate_slide
+    from slidemil.demo.dataset import SyntheticSlideSpec, generate_slide
 
     spec = SyntheticSlideSpec(
         "bench_slide",

@@ -93,7 +93,7 @@ def main() -> None:
 
     jobs: list[tuple[str, float | None]] = [(s, args.mpp) for s in args.slide]
     if args.large:
-        from slidemil.slides.synthetic import generate_large_slide
+        from slidemil.demo.dataset import generate_large_slide
 
         path = Path(args.cache) / f"large_{args.large}px.svs"
         if not path.exists():

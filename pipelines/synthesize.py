@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 from pipelines.common import load_params, project_path, setup_logging
-from slidemil.slides.synthetic import generate_demo_dataset
-from slidemil.slides.tiling import config_hash
+from slidemil.demo.dataset import generate_demo_dataset
+from slidemil.utils.hashing import config_hash
 
 
 def _reset_if_settings_changed(out_dir: Path, cfg: dict) -> None:

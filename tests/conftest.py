@@ -31,7 +31,7 @@ def slides_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory) -> Path:
     """A small synthetic demo dataset (6 slides of 3 cases), generated once per test session."""
-    from slidemil.slides.synthetic import generate_demo_dataset
+    from slidemil.demo.dataset import generate_demo_dataset
 
     out = tmp_path_factory.mktemp("small_demo")
     generate_demo_dataset(

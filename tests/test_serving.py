@@ -58,7 +58,7 @@ def store(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """A demo .svs, a PNG crop of the same scene, and the bad inputs."""
-    from slidemil.slides.synthetic import SyntheticSlideSpec, generate_slide, render_region
+    from slidemil.demo.dataset import SyntheticSlideSpec, generate_slide, render_region
 
     out = tmp_path_factory.mktemp("serving_inputs")
     spec = SyntheticSlideSpec(

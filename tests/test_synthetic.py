@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from skimage.draw import polygon as draw_polygon
 
-from slidemil.slides.synthetic import (
+from slidemil.demo.dataset import (
     MANIFEST_COLUMNS,
     SyntheticSlideSpec,
     generate_demo_dataset,
@@ -99,7 +99,7 @@ def test_openslide_reads_pyramid_with_mpp_and_objective(tmp_path):
 
 
 def test_large_slides_get_more_levels():
-    from slidemil.slides.tiff_writer import pyramid_dimensions
+    from slidemil.demo.svs_writer import pyramid_dimensions
 
     dims = pyramid_dimensions(50000, 40000)
     assert dims == [(50000, 40000), (12500, 10000), (3125, 2500), (782, 625)]
@@ -296,7 +296,7 @@ def test_streaming_keeps_memory_far_below_level0(tmp_path):
         sys.path.insert(0, {str(SRC)!r})
         import cv2
         cv2.setNumThreads(1)
-        from slidemil.slides.synthetic import SyntheticSlideSpec, generate_slide
+        from slidemil.demo.dataset import SyntheticSlideSpec, generate_slide
         spec = SyntheticSlideSpec("big", "c", "subtype_a", 12000, 12000, 0.5, seed=3, tumour_fraction=0.1,
                                   tissue_coverage=0.08, n_tissue_pieces=1)
         def peak_kib():
@@ -323,7 +323,7 @@ def test_streaming_keeps_memory_far_below_level0(tmp_path):
 
 
 def test_polygon_coverage_is_exact_and_block_independent():
-    from slidemil.slides.synthetic_raster import polygon_coverage
+    from slidemil.demo.raster import polygon_coverage
 
     theta = np.linspace(0, 2 * np.pi, 37, endpoint=False)
     ring = np.stack([60 + 40.3 * np.cos(theta), 50 + 25.7 * np.sin(theta)], axis=1)

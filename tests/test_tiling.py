@@ -119,7 +119,7 @@ def test_multiscale_children_in_physical_units(slides_dir):
 
 def test_same_physical_area_at_different_scan_resolutions(tmp_path):
     """The same scene scanned at 0.25 and 0.5 um/px gives the same tiles in micrometres."""
-    from slidemil.slides.synthetic import SyntheticSlideSpec, generate_slide
+    from slidemil.demo.dataset import SyntheticSlideSpec, generate_slide
 
     common = dict(case_id="c0", label="subtype_a", seed=11, tumour_fraction=0.1)
     paths = {}

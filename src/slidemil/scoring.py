@@ -15,6 +15,7 @@ from torch import nn
 
 from slidemil.bundle import ModelBundle
 from slidemil.methods import Method, ScoreLayer, SlideData, TileSetView
+from slidemil.utils.ranking import ranked_indices
 
 
 @dataclass
@@ -44,8 +45,6 @@ class ScoredSlide:
         layer = layer or self.primary
         if layer is None:
             return []
-        from slidemil.evaluation.heatmap import ranked_indices
-
         values = np.asarray(layer.values, dtype=np.float64)
         coords = self.tile_sets[layer.tile_set].coords
         order = ranked_indices(values, k)

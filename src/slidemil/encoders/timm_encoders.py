@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from slidemil.encoders.registry import Encoder, register_encoder
+from slidemil.encoders.catalog import register_encoder
+from slidemil.encoders.encoder import Encoder
 from slidemil.encoders.weights import (
     EncoderWeightsError,
     WeightsSpec,

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from slidemil.encoders.registry import IMAGENET_MEAN, IMAGENET_STD, Encoder, register_encoder
+from slidemil.encoders.catalog import register_encoder
+from slidemil.encoders.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder
 from slidemil.encoders.weights import (
     EncoderWeightsError,
     WeightsSpec,

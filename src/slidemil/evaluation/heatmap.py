@@ -21,6 +21,7 @@ from slidemil.methods.base import ScoreLayer
 from slidemil.slides.geometry import TileGeometry
 from slidemil.slides.reader import SlideReader
 from slidemil.utils.atomic import write_png_atomic
+from slidemil.utils.ranking import ranked_indices
 
 
 @dataclass(frozen=True)
@@ -274,14 +275,6 @@ def save_png(path: str | Path, rgb: np.ndarray) -> Path:
 
 
 # ---- top / bottom tiles ------------------------------------------------------------------------------
-def ranked_indices(scores: np.ndarray, k: int, bottom: bool = False) -> np.ndarray:
-    """Indices of the ``k`` highest (or lowest) finite scores, best first; ties keep tile order."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    idx = np.flatnonzero(np.isfinite(s))
-    order = np.argsort(s[idx] if bottom else -s[idx], kind="stable")
-    return idx[order[: max(0, int(k))]]
-
-
 def save_top_tiles(
     reader: SlideReader,
     coords: np.ndarray,

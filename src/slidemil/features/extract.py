@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from slidemil.data.tile_store import TileSet, read_tiles
-from slidemil.encoders.registry import Encoder
+from slidemil.encoders.encoder import Encoder
 from slidemil.features.store import feature_writer, is_complete
 from slidemil.slides.geometry import TileGeometry
 from slidemil.slides.reader import SlideReader

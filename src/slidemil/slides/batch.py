@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from slidemil.data.tile_store import is_complete, write_tiles
 from slidemil.slides.backends import open_slide
 from slidemil.slides.errors import NoTissueError, SlideError
-from slidemil.slides.tiling import TilingParams, config_hash, plan_tiles
+from slidemil.slides.tiling import TilingParams, plan_tiles
 from slidemil.slides.tissue import TissueParams, segment_tissue
 from slidemil.slides.tissue_qc import contours_to_geojson, draw_qc, save_png
 from slidemil.utils.atomic import remove_stale_temps, write_json_atomic
+from slidemil.utils.hashing import config_hash
 
 log = logging.getLogger(__name__)
 

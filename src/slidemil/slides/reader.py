@@ -4,7 +4,7 @@ Every read names its resolution explicitly: either a pyramid ``level`` with leve
 (:meth:`SlideReader.read_region`) or a physical resolution in um/px (:meth:`SlideReader.read_tile`,
 :meth:`SlideReader.read_at_mpp`). No method ever materialises a whole level-0 image of a pyramidal slide.
 
-Use :func:`open_slide`, which picks a backend from the file (see :mod:`slidemil.slides.backends`).
+Use :func:`open_slide`, which picks a backend from the file (see :mod:`slidemil.slides.backends`, one module per backend).
 """
 
 from __future__ import annotations

@@ -7,9 +7,7 @@ slide are read.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,14 +46,6 @@ class TilingParams:
         if unknown:
             raise ValueError(f"unknown tiling parameter(s): {sorted(unknown)}")
         return cls(**d)
-
-
-def config_hash(*parts: object) -> str:
-    """Stable short hash of the settings that determine a stage's output (for skip-if-done)."""
-    blob = json.dumps(
-        [asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True, default=str
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def grid_positions(width: int, height: int, size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import shapely
 
-from slidemil.slides.synthetic_fields import CoarseGrid, noise_tables, wrap_take
-from slidemil.slides.synthetic_objects import (  # column indices of a nuclei array
+from slidemil.demo.fields import CoarseGrid, noise_tables, wrap_take
+from slidemil.demo.objects import (  # column indices of a nuclei array
     _A,
     _ANG,
     _B,
@@ -35,8 +35,8 @@ from slidemil.slides.synthetic_objects import (  # column indices of a nuclei ar
     _X,
     _Y,
 )
-from slidemil.slides.synthetic_raster import polygon_coverage
-from slidemil.slides.synthetic_scene import SEPTA_HALF_WIDTH, SlideScene
+from slidemil.demo.raster import polygon_coverage
+from slidemil.demo.scene import SEPTA_HALF_WIDTH, SlideScene
 
 H_VEC = np.array([0.5626, 0.7201, 0.4062])  # hematoxylin OD per unit (R, G, B)
 E_VEC = np.array([0.2159, 0.8012, 0.5581])  # eosin

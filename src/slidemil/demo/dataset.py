@@ -1,9 +1,9 @@
 """The built-in demo dataset: procedural H&E slides (pyramidal Aperio ``.svs``) with tumour ground truth.
 
-Each slide is a :class:`~slidemil.slides.synthetic_scene.SlideScene` (tissue, tumour regions, cells,
+Each slide is a :class:`~slidemil.demo.scene.SlideScene` (tissue, tumour regions, cells,
 all in micrometres) rendered at the slide's pixel size by
-:class:`~slidemil.slides.synthetic_render.BlockRenderer` and streamed to disk by
-:func:`~slidemil.slides.tiff_writer.write_aperio_svs`. Labels differ by morphology only:
+:class:`~slidemil.demo.render.BlockRenderer` and streamed to disk by
+:func:`~slidemil.demo.svs_writer.write_aperio_svs`. Labels differ by morphology only:
 
 - ``normal``: stroma, fibroblasts, lymphocytes, vessels and normal glands (so glands != tumour);
 - ``subtype_a``: plus 1-3 regions of solid sheets of large, pleomorphic, hyperchromatic nuclei;
@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 from shapely.geometry import Polygon
 
-from slidemil.slides.synthetic_raster import fill_rings
-from slidemil.slides.synthetic_render import BlockRenderer
-from slidemil.slides.synthetic_scene import LABELS, SlideScene
-from slidemil.slides.tiff_writer import write_aperio_svs
+from slidemil.demo.raster import fill_rings
+from slidemil.demo.render import BlockRenderer
+from slidemil.demo.scene import LABELS, SlideScene
+from slidemil.demo.svs_writer import write_aperio_svs
 from slidemil.utils.atomic import atomic_path, write_png_atomic, write_text_atomic
 
 MANIFEST_COLUMNS = [

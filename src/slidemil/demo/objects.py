@@ -9,7 +9,7 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
-from slidemil.slides.synthetic_geometry import blob, inset, radial_shape, resample_contour
+from slidemil.demo.shapes import blob, inset, radial_shape, resample_contour
 
 # columns of a nuclei array (one row per nucleus; lengths in um, angle in radians)
 NUC_COLS = ("x", "y", "a", "b", "angle", "dark", "h2", "p2", "h3", "p3", "epi", "nucleolus")

@@ -19,8 +19,16 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from slidemil.slides.synthetic_fields import PeriodicField, bandpass, fibres, gaussian_lowpass
-from slidemil.slides.synthetic_geometry import (
+from slidemil.demo.fields import PeriodicField, bandpass, fibres, gaussian_lowpass
+from slidemil.demo.objects import (
+    MAX_OBJECT_REACH_UM,
+    Gland,
+    ObjectSet,
+    cribriform_nest,
+    irregular_gland,
+    nuclei_rows,
+)
+from slidemil.demo.shapes import (
     blob,
     inset,
     make_tissue,
@@ -29,14 +37,6 @@ from slidemil.slides.synthetic_geometry import (
     polygons_of,
     radial_shape,
     resample_contour,
-)
-from slidemil.slides.synthetic_objects import (
-    MAX_OBJECT_REACH_UM,
-    Gland,
-    ObjectSet,
-    cribriform_nest,
-    irregular_gland,
-    nuclei_rows,
 )
 
 LABELS = ("normal", "subtype_a", "subtype_b")
