@@ -19,13 +19,14 @@ from pipelines.common import load_params, project_path, setup_logging
 from slidemil.bundle import ModelBundle
 from slidemil.data.manifest import read_manifest
 from slidemil.data.tile_store import read_tiles
-from slidemil.evaluation.heatmap import HeatmapParams, render_heatmap, save_png, save_top_tiles, with_colorbar
+from slidemil.evaluation.heatmap import HeatmapParams, render_heatmap, save_top_tiles, with_colorbar
 from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fraction
-from slidemil.evaluation.rasterize import rasterize_polygons
-from slidemil.evaluation.tile_geojson import tiles_to_geojson, write_geojson
+from slidemil.evaluation.tile_geojson import tiles_to_geojson
 from slidemil.features.store import read_features
 from slidemil.slides.backends import open_slide
-from slidemil.utils.atomic import atomic_path, write_json_atomic
+from slidemil.slides.masks import rasterize_polygons
+from slidemil.utils.atomic import atomic_path, write_json_atomic, write_png_atomic
+from slidemil.utils.geojson import write_geojson
 
 
 def main() -> int:
@@ -58,11 +59,11 @@ def main() -> int:
         with open_slide(tiles.slide_path, slide_id=r.slide_id, mpp=tiles.attrs["slide_mpp"]) as reader:
             thumb, ds = reader.thumbnail(max_side=params.canvas_max_side)
             tissue = rasterize_polygons(json.loads((tissue_dir / f"{r.slide_id}.geojson").read_text()),
-                                        reader.dimensions, ds)
+                                        thumb.shape[:2], ds)
             result = render_heatmap(thumb, ds, coords, tiles.geometry.level0_px, scores, params,
                                     tissue_mask=tissue, mask_downsample=ds, slide_dims=reader.dimensions)
-            save_png(out / "heatmap.png", with_colorbar(result.overlay_rgb, params.cmap))
-            save_png(out / "thumbnail.png", thumb)
+            write_png_atomic(out / "heatmap.png", with_colorbar(result.overlay_rgb, params.cmap))
+            write_png_atomic(out / "thumbnail.png", thumb)
             top = save_top_tiles(reader, coords, tiles.geometry, scores, h["top_k"], out / "top_tiles", r.slide_id)
         write_geojson(out / "tiles.geojson", tiles_to_geojson(coords, tiles.geometry.level0_px,
                                                               {"attention": scores}, r.slide_id))
