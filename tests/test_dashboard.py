@@ -564,6 +564,8 @@ def test_project_paths_follow_params_and_env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SLIDEMIL_PROJECT_ROOT", str(tmp_path))
     bare = da.get_project()
+    shipped = yaml.safe_load((APP.parents[1] / "params.yaml").read_text())
+    assert bare.params == shipped  # the defaults are params.yaml itself, not a copy kept by hand
     assert not bare.params_found and bare.path("heatmaps.out_dir") == tmp_path / "data" / "heatmaps"
     assert bare.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert bare.registered_model_name == "slidemil-demo" and bare.heatmap_model == "clam_sb"
@@ -576,7 +578,8 @@ def test_project_paths_follow_params_and_env(tmp_path, monkeypatch):
     assert p.path("heatmaps.out_dir") == tmp_path / "out" / "hm"
     assert p.path("tile.qc_dir") == Path("/abs/qc")
     assert p.path("tile.tissue_dir") == tmp_path / "data" / "tissue"  # defaults fill what params leave out
-    assert p.get("heatmaps.render.cmap") == "jet"
+    assert p.get("heatmaps.render") == shipped["heatmaps"]["render"]
+    assert p.get("heatmaps.top_k") == shipped["heatmaps"]["top_k"]
     assert p.registered_model_name == "lung-subtypes"
     monkeypatch.setenv("SLIDEMIL_MODEL_NAME", "from-env")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slidemil.utils.jsonable import to_jsonable
+
 BUNDLE_FORMAT = 1
 
 
@@ -40,7 +42,7 @@ class ModelBundle:
         try:
             meta = {k: v for k, v in asdict(self).items() if k != "state_dict"}
             meta["format"] = BUNDLE_FORMAT
-            (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_jsonable) + "\n")
+            (tmp / "bundle.json").write_text(json.dumps(to_jsonable(meta), indent=2, sort_keys=True) + "\n")
             torch.save(self.state_dict, tmp / "weights.pt")
             if folder.exists():
                 shutil.rmtree(folder)
@@ -87,11 +89,3 @@ class ModelBundle:
             "label_index": pred,
             "tile_scores": scores,
         }
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
