@@ -4,6 +4,7 @@ tissue mask the heatmaps stage builds from the tile stage's GeoJSON equal to the
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_served_heatmap_is_the_stage_rendering(slides_dir, tmp_path):
     torch.manual_seed(0)
     encoder = {"name": "resnet18", "weights": "random", "seed": 0, "weights_id": enc.weights_id,
                "feature_dim": enc.feature_dim, "input_px": enc.input_px}
-    bundle = ModelBundle("abmil", cfg, ["a", "b"], encoder, vars(tiling), heatmap={"canvas_max_side": 1024},
+    bundle = ModelBundle("abmil", cfg, ["a", "b"], encoder, asdict(tiling), heatmap={"canvas_max_side": 1024},
                          state_dict=build_model("abmil", cfg).state_dict())
     pred = SlidePredictor(bundle, device="cpu").predict(path, slide_id="cmu", top_k=0)
     served = np.asarray(Image.open(io.BytesIO(pred.heatmap_png)).convert("RGB"))
