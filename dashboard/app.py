@@ -31,5 +31,5 @@ with st.sidebar:
     st.caption(f"Project: `{project.root}`")
     st.caption(f"MLflow: `{project.tracking_uri}`")
     if not project.params_found:
-        st.caption("No params.yaml here: using the default output paths.")
+        st.caption(f"No params.yaml here: using `{da.DEFAULT_PARAMS_FILE}`.")
 nav.run()

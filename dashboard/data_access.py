@@ -22,25 +22,13 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from slidemil.tracking import default_tracking_uri
+from slidemil.tracking import tracking_uri
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
+#: What a project's params.yaml leaves out (or all of it, when there is none) comes from the shipped one.
+DEFAULT_PARAMS_FILE = CODE_ROOT / "params.yaml"
 TTL = 60  # seconds a cached read may be stale
-DEFAULT_MODEL_NAME = "slidemil-demo"
 METRICS = ("auc", "accuracy", "balanced_accuracy", "macro_f1")
-
-# Paths and names used when params.yaml is absent or silent (mirrors the shipped params.yaml).
-DEFAULT_PARAMS: dict = {
-    "data": {"classes": []},
-    "validate": {"report_json": "data/reports/validation.json", "report_html": "data/reports/validation.html"},
-    "tile": {"tiles_dir": "data/tiles", "tissue_dir": "data/tissue", "qc_dir": "data/qc",
-             "summary": "data/reports/tiling.json"},
-    "features": {"summary": "data/reports/features.json"},
-    "train": {"experiment": "slidemil-demo", "models": [], "out_dir": "data/train"},
-    "evaluate": {"metrics": "data/eval/metrics.json", "roc_dir": "data/eval/roc"},
-    "heatmaps": {"model": "clam_sb", "out_dir": "data/heatmaps", "metrics": "data/eval/heatmaps.json",
-                 "render": {"canvas_max_side": 2048, "cmap": "jet", "alpha": 0.5}},
-}
 
 # A dead tracking server should fail a page quickly, not hang it in retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -74,7 +62,8 @@ class Project:
 
     @property
     def tracking_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.root)
+        """``$MLFLOW_TRACKING_URI``, else the project's embedded store (as training and serving resolve it)."""
+        return tracking_uri(self.root)
 
     @property
     def classes(self) -> list[str]:
@@ -94,9 +83,8 @@ class Project:
 
     @property
     def registered_model_name(self) -> str:
-        """``$SLIDEMIL_MODEL_NAME``, else params ``promote.model_name`` / ``registry.model_name``, else the demo's."""
-        return (os.environ.get("SLIDEMIL_MODEL_NAME") or self.get("promote.model_name")
-                or self.get("registry.model_name") or DEFAULT_MODEL_NAME)
+        """``$SLIDEMIL_MODEL_NAME``, else params ``promote.model_name`` (what the promote stage registers)."""
+        return os.environ.get("SLIDEMIL_MODEL_NAME") or str(self.get("promote.model_name"))
 
 
 def project_root() -> Path:
@@ -109,7 +97,8 @@ def get_project() -> Project:
     root = project_root()
     params_path = Path(os.environ.get("SLIDEMIL_PARAMS") or root / "params.yaml")
     found = params_path.is_file()
-    params = _merge(DEFAULT_PARAMS, _read_yaml(str(params_path), _mtime(params_path)) if found else {})
+    defaults = _read_yaml(str(DEFAULT_PARAMS_FILE), _mtime(DEFAULT_PARAMS_FILE))
+    params = _merge(defaults, _read_yaml(str(params_path), _mtime(params_path)) if found else {})
     return Project(root=root, params=params, params_found=found)
 
 

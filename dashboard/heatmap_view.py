@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 from slidemil.evaluation.heatmap import HeatmapParams, render_heatmap, with_colorbar
-from slidemil.evaluation.rasterize import rasterize_polygons
+from slidemil.slides.masks import rasterize_polygons, to_mask_px
+from slidemil.utils.geojson import polygons
 
 CONTOUR_RGB = (0, 170, 60)
 _TILE_NAME = re.compile(r"_(top|bottom)(\d+)_score([^_]+)_x(-?\d+)_y(-?\d+)\.png$")
@@ -97,22 +98,10 @@ def draw_contours(rgb: np.ndarray, fc: dict, downsample: float, colour: tuple[in
     """Copy of ``rgb`` with every polygon ring of a level-0 GeoJSON drawn as a closed line."""
     out = np.ascontiguousarray(rgb).copy()
     thickness = thickness or max(1, round(max(out.shape[:2]) / 400))
-    for rings in _polygons(fc):
-        pts = [np.round(np.asarray(r, dtype=np.float64)[:, :2] / downsample).astype(np.int32) for r in rings]
+    for rings in polygons(fc):
+        pts = [np.round(to_mask_px(r, downsample)).astype(np.int32) for r in rings]
         cv2.polylines(out, [p.reshape(-1, 1, 2) for p in pts if len(p) > 1], True, colour, thickness,
                       lineType=cv2.LINE_AA)
-    return out
-
-
-def _polygons(fc: dict) -> list[list]:
-    """Each polygon as a list of rings (outer first), from Polygon and MultiPolygon features."""
-    out = []
-    for feat in fc.get("features", []):
-        geom = feat.get("geometry") or {}
-        if geom.get("type") == "Polygon":
-            out.append(geom.get("coordinates") or [])
-        elif geom.get("type") == "MultiPolygon":
-            out.extend(geom.get("coordinates") or [])
     return out
 
 
@@ -136,7 +125,7 @@ def composite(
     """
     params = HeatmapParams(canvas_max_side=max(thumbnail.shape[:2]), blur_sigma_px=blur_sigma_px, cmap=cmap,
                            alpha=alpha)
-    mask = rasterize_polygons(tissue_fc, slide_dims, downsample) if tissue_fc else None
+    mask = rasterize_polygons(tissue_fc, thumbnail.shape[:2], downsample) if tissue_fc else None
     result = render_heatmap(thumbnail, downsample, tiles.coords, tiles.level0_px, tiles.scores, params,
                             tissue_mask=mask, mask_downsample=downsample if mask is not None else None,
                             slide_dims=slide_dims)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import pandas as pd
 
 from pipelines.common import load_params, project_path, setup_logging
@@ -24,7 +23,7 @@ def main() -> int:
     for name in p["train"]["models"]:
         summary = json.loads((train_dir / name / "summary.json").read_text())
         metrics[name] = {
-            f"{split}_{m}": {"mean": round(v["mean"], 4), "std": round(v["std"], 4)}
+            f"{split}_{m}": {"mean": _round4(v["mean"]), "std": _round4(v["std"])}
             for split in ("test", "val") for m, v in summary["summary"][split].items()
         }
         metrics[name]["n_folds"] = len(summary["per_fold"])
@@ -34,24 +33,20 @@ def main() -> int:
         roc = roc_points(test["label"].to_numpy(), probs, classes)  # pooled over folds, one curve per class
         with atomic_path(roc_dir / f"{name}.csv") as tmp:
             roc.to_csv(tmp, index=False)
-        log.info("%s: test AUC %.3f +/- %.3f", name, summary["summary"]["test"]["auc"]["mean"],
-                 summary["summary"]["test"]["auc"]["std"])
+        log.info("%s: test AUC %s +/- %s", name, metrics[name]["test_auc"]["mean"], metrics[name]["test_auc"]["std"])
     baseline = ev.get("baseline")
     if baseline in metrics:
         for name in metrics:
-            if name != baseline:
-                metrics[name]["test_auc_gain_over_" + baseline] = round(
-                    metrics[name]["test_auc"]["mean"] - metrics[baseline]["test_auc"]["mean"], 4)
-    write_json_atomic(project_path(ev["metrics"]), _finite(metrics))
+            auc, base = metrics[name]["test_auc"]["mean"], metrics[baseline]["test_auc"]["mean"]
+            if name != baseline and auc is not None and base is not None:
+                metrics[name]["test_auc_gain_over_" + baseline] = round(auc - base, 4)
+    write_json_atomic(project_path(ev["metrics"]), metrics)
     return 0
 
 
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
+def _round4(value: float | None) -> float | None:
+    """summary.json holds null where no fold had the metric (strict JSON has no NaN)."""
+    return None if value is None else round(value, 4)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,14 @@ from pipelines.common import load_params, project_path, setup_logging
 from pipelines.training_inputs import training_inputs
 from slidemil.bundle import ModelBundle
 from slidemil.data.tile_store import read_tiles
-from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer, save_png, save_top_tiles
+from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer, save_top_tiles
 from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fraction
-from slidemil.evaluation.rasterize import rasterize_polygons
-from slidemil.evaluation.tile_geojson import tiles_to_geojson, write_geojson
+from slidemil.evaluation.tile_geojson import tiles_to_geojson
 from slidemil.scoring import BundleScorer, ScoredSlide
 from slidemil.slides.backends import open_slide
-from slidemil.utils.atomic import atomic_path, write_json_atomic
+from slidemil.slides.masks import rasterize_polygons
+from slidemil.utils.atomic import atomic_path, write_json_atomic, write_png_atomic
+from slidemil.utils.geojson import write_geojson
 
 
 def main() -> int:
@@ -58,12 +59,12 @@ def main() -> int:
         with open_slide(tiles.slide_path, slide_id=r.slide_id, mpp=tiles.attrs["slide_mpp"]) as reader:
             thumb, ds = reader.thumbnail(max_side=params.canvas_max_side)
             tissue = rasterize_polygons(json.loads((tissue_dir / f"{r.slide_id}.geojson").read_text()),
-                                        reader.dimensions, ds)
+                                        thumb.shape[:2], ds)
             image = render_score_layer(thumb, ds, layer, view.coords, view.level0_px, params,
                                        tissue_mask=tissue, mask_downsample=ds, slide_dims=reader.dimensions,
                                        title=f"{r.slide_id} | {family} fold {fold} | {scored.label}: {layer.name}")
-            save_png(out / "heatmap.png", image)
-            save_png(out / "thumbnail.png", thumb)
+            write_png_atomic(out / "heatmap.png", image)
+            write_png_atomic(out / "thumbnail.png", thumb)
             top = save_top_tiles(reader, view.coords, tiles.geometry, layer.values, h["top_k"], out / "top_tiles",
                                  r.slide_id)
             dims = reader.dimensions

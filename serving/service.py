@@ -36,6 +36,7 @@ from pydantic import Field
 
 from serving.settings import FEATURE_SUFFIXES, SLIDE_SUFFIXES, ServingSettings
 from serving.uploads import ServingError, UploadGuard, install_strict_multipart, stashed_upload
+from slidemil.utils.jsonable import to_jsonable
 
 SETTINGS = ServingSettings.from_env()
 UPLOAD_ROUTES = ("/predict", "/predict_features")
@@ -162,7 +163,7 @@ class SlideMIL:
                 "label": scored.label,
                 "probabilities": scored.probabilities,
                 "n_tiles": int(feats.shape[0]),
-                "tile_scores": None if primary is None else _plain(np.asarray(primary.values)),
+                "tile_scores": None if primary is None else to_jsonable(np.asarray(primary.values)),
                 "score_layers": [{k: v for k, v in layer.to_dict().items() if k != "values"}
                                  for layer in scored.layers],
                 "coords": None if coords is None else coords.tolist(),
@@ -195,7 +196,7 @@ class SlideMIL:
             "tile_sets": list(b.spec.tile_sets),
             "tiling": dict(b.spec.tiling),
             "tissue": dict(b.spec.tissue),
-            "provenance": _plain(b.metadata),
+            "provenance": to_jsonable(b.metadata),
             "limits": SETTINGS.describe(),
         }
 
@@ -240,13 +241,13 @@ class SlideMIL:
                     "rank": int(t["rank"]),
                     "x": int(t["x"]),
                     "y": int(t["y"]),
-                    "score": _plain(t["score"]),
+                    "score": to_jsonable(t["score"]),
                     "png_base64": b64(t.get("png")),
                 }
                 for t in pred.top_tiles
             ],
             "heatmap_png_base64": b64(pred.heatmap_png),
-            "geojson": _plain(pred.geojson),
+            "geojson": to_jsonable(pred.geojson),
             "timings_s": {k: round(float(v), 3) for k, v in pred.timings.items()},
             "model": self.model_info(),
         }
@@ -322,7 +323,7 @@ def _read_bag(path: Path, name: str, feature_dim: int, max_rows: int):
     except OSError:
         raise bad("not a readable HDF5 file") from None
     with f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        attrs = {k: to_jsonable(v) for k, v in f.attrs.items()}
         if attrs.get("complete") is False or attrs.get("complete") == 0:
             raise bad("the feature file is marked incomplete (interrupted write?)")
         ds = local_dataset(f, "features", required=True)
@@ -347,20 +348,3 @@ def _read_bag(path: Path, name: str, feature_dim: int, max_rows: int):
                 raise bad(f"`coords` must be numeric (N, 2) = ({n}, 2), got {cds.shape}")
             coords = np.asarray(cds[...]).astype(np.int64)
     return feats, coords, attrs
-
-
-def _plain(value: Any) -> Any:
-    """numpy / bytes / NaN -> JSON-ready Python (NaN and inf become None)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from slidemil.tracking import tracking_uri
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 #: suffix -> the file family its first bytes must show (format detection keeps the suffix; see uploads.py)
@@ -54,11 +56,10 @@ class ServingSettings:
 
     @classmethod
     def from_env(cls) -> ServingSettings:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
         return cls(
             model_name=os.environ.get("SLIDEMIL_MODEL_NAME", "slidemil-demo"),
             model_alias=os.environ.get("SLIDEMIL_MODEL_ALIAS", "champion"),
-            tracking_uri=uri,
+            tracking_uri=tracking_uri(PROJECT_ROOT),
             max_upload_bytes=int(_env_float("SLIDEMIL_MAX_UPLOAD_MB", 2048) * 1024 * 1024),
             request_timeout_s=_env_float("SLIDEMIL_REQUEST_TIMEOUT_S", 600),
             max_concurrency=int(_env_float("SLIDEMIL_MAX_CONCURRENCY", 32)),

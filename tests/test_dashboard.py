@@ -193,11 +193,12 @@ def _write_slides(root: Path, facts: dict) -> None:
         HeatmapParams,
         ranked_indices,
         render_heatmap,
-        save_png,
         with_colorbar,
     )
-    from slidemil.evaluation.rasterize import rasterize_polygons
-    from slidemil.evaluation.tile_geojson import tiles_to_geojson, write_geojson
+    from slidemil.evaluation.tile_geojson import tiles_to_geojson
+    from slidemil.slides.masks import rasterize_polygons
+    from slidemil.utils.atomic import write_png_atomic
+    from slidemil.utils.geojson import write_geojson
 
     data = root / "data"
     for d in ("tissue", "qc", "tiles", "heatmaps"):
@@ -216,7 +217,7 @@ def _write_slides(root: Path, facts: dict) -> None:
         thumb = _thumbnail(k)
         qc = thumb.copy()
         cv2.ellipse(qc, (256, 192), (175, 125), 0, 0, 360, (0, 200, 0), 2)
-        save_png(data / "qc" / f"{slide}.png", qc)
+        write_png_atomic(data / "qc" / f"{slide}.png", qc)
         if slide not in HEATMAP_SLIDES:
             continue
         with h5py.File(data / "tiles" / f"{slide}.h5", "w") as f:
@@ -226,17 +227,17 @@ def _write_slides(root: Path, facts: dict) -> None:
         hot = np.array([2600.0, 1300.0]) if k == 0 else np.array([1500.0, 1800.0])
         scores = np.exp(-((coords + TILE_L0 / 2 - hot) ** 2).sum(1) / (2 * 450.0**2)) + 0.03 * rng.normal(size=len(coords))
         out = data / "heatmaps" / slide
-        tissue = rasterize_polygons(fc, SLIDE_DIMS, THUMB_DS)
+        tissue = rasterize_polygons(fc, thumb.shape[:2], THUMB_DS)
         res = render_heatmap(thumb, THUMB_DS, coords, TILE_L0, scores, params, tissue_mask=tissue,
                              mask_downsample=THUMB_DS, slide_dims=SLIDE_DIMS)
-        save_png(out / "heatmap.png", with_colorbar(res.overlay_rgb, params.cmap))
-        save_png(out / "thumbnail.png", thumb)
+        write_png_atomic(out / "heatmap.png", with_colorbar(res.overlay_rgb, params.cmap))
+        write_png_atomic(out / "thumbnail.png", thumb)
         write_geojson(out / "tiles.geojson", tiles_to_geojson(coords, TILE_L0, {"attention": scores}, slide))
         for rank, i in enumerate(ranked_indices(scores, 3), start=1):
             x, y = (coords[i] / THUMB_DS).astype(int)
             side = round(TILE_L0 / THUMB_DS)
             tile = cv2.resize(thumb[y:y + side, x:x + side], (96, 96), interpolation=cv2.INTER_NEAREST)
-            save_png(out / "top_tiles" / f"{slide}_top{rank:03d}_score{scores[i]:+.4f}_x{coords[i, 0]}_y{coords[i, 1]}.png",
+            write_png_atomic(out / "top_tiles" / f"{slide}_top{rank:03d}_score{scores[i]:+.4f}_x{coords[i, 0]}_y{coords[i, 1]}.png",
                      tile)
         p = clam[(clam.slide_id == slide) & (clam.split == "test")].iloc[0]
         rows.append({"slide_id": slide, "fold": int(p["fold"]), "label": CLASSES[int(p["label"])],
@@ -562,6 +563,8 @@ def test_project_paths_follow_params_and_env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SLIDEMIL_PROJECT_ROOT", str(tmp_path))
     bare = da.get_project()
+    shipped = yaml.safe_load((APP.parents[1] / "params.yaml").read_text())
+    assert bare.params == shipped  # the defaults are params.yaml itself, not a copy kept by hand
     assert not bare.params_found and bare.path("heatmaps.out_dir") == tmp_path / "data" / "heatmaps"
     assert bare.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert bare.registered_model_name == "slidemil-demo" and bare.heatmap_model == "clam_sb"
@@ -574,7 +577,8 @@ def test_project_paths_follow_params_and_env(tmp_path, monkeypatch):
     assert p.path("heatmaps.out_dir") == tmp_path / "out" / "hm"
     assert p.path("tile.qc_dir") == Path("/abs/qc")
     assert p.path("tile.tissue_dir") == tmp_path / "data" / "tissue"  # defaults fill what params leave out
-    assert p.get("heatmaps.render.cmap") == "jet"
+    assert p.get("heatmaps.render") == shipped["heatmaps"]["render"]
+    assert p.get("heatmaps.top_k") == shipped["heatmaps"]["top_k"]
     assert p.registered_model_name == "lung-subtypes"
     monkeypatch.setenv("SLIDEMIL_MODEL_NAME", "from-env")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")

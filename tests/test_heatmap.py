@@ -18,14 +18,15 @@ from slidemil.evaluation.heatmap import (
     colorbar_legend,
     ranked_indices,
     render_heatmap,
-    save_png,
     save_top_tiles,
     score_canvas,
     to_percentiles,
     with_colorbar,
 )
 from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fraction
-from slidemil.evaluation.tile_geojson import tiles_to_geojson, write_geojson
+from slidemil.evaluation.tile_geojson import tiles_to_geojson
+from slidemil.utils.atomic import write_png_atomic
+from slidemil.utils.geojson import write_geojson
 
 
 def _grid(width: int, height: int, side: int, stride: int | None = None) -> np.ndarray:
@@ -147,7 +148,7 @@ def test_colorbar_and_png(tmp_path):
     assert bar[-1, 0, 2] > 100 and bar[-1, 0, 0] < 50  # bottom = low = blue
     img = with_colorbar(np.zeros((50, 80, 3), np.uint8), "viridis")
     assert img.shape[0] == 50 and img.shape[1] > 80
-    path = save_png(tmp_path / "x.png", img)
+    path = write_png_atomic(tmp_path / "x.png", img)
     back = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(back, img)
     assert not list(tmp_path.glob(".*.tmp"))
@@ -197,7 +198,7 @@ def test_real_slide_heatmap_top_tiles_and_geojson(cmu_slide, tmp_path):
     np.testing.assert_array_equal(res.overlay_rgb[~tissue], thumb[~tissue])
     coloured = np.any(res.overlay_rgb != thumb, axis=-1)
     assert coloured[tissue].mean() > 0.8  # the grid leaves only the bottom/right remainder uncovered
-    save_png(tmp_path / "overlay.png", with_colorbar(res.overlay_rgb, "jet"))
+    write_png_atomic(tmp_path / "overlay.png", with_colorbar(res.overlay_rgb, "jet"))
 
     top = save_top_tiles(reader, coords, geometry, scores, 3, tmp_path / "tiles", "cmu")
     bottom = save_top_tiles(reader, coords, geometry, scores, 2, tmp_path / "tiles", "cmu", bottom=True)

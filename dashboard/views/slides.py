@@ -30,13 +30,13 @@ slide = c2.selectbox("Slide", index["slide_id"].tolist())
 row = index[index["slide_id"] == slide].iloc[0]
 folder = da.heatmap_dir(project, slide)
 
-render = project.get("heatmaps.render", {}) or {}
-default_cmap = str(render.get("cmap", "jet"))
+render = project.get("heatmaps.render")  # every key is there: params.yaml's defaults fill the gaps
+default_cmap = str(render["cmap"])
 cmaps = [c for c in dict.fromkeys([default_cmap, *CMAPS]) if c in matplotlib.colormaps]
 k1, k2, k3, k4 = st.columns(4)
-alpha = k1.slider("Opacity", 0.0, 1.0, float(render.get("alpha", 0.5)), 0.05)
+alpha = k1.slider("Opacity", 0.0, 1.0, float(render["alpha"]), 0.05)
 cmap = k2.selectbox("Colormap", cmaps, index=cmaps.index(default_cmap) if default_cmap in cmaps else 0)
-blur = k3.slider("Blur (px)", 0.0, 8.0, float(render.get("blur_sigma_px", 0.0) or 0.0), 0.5)
+blur = k3.slider("Blur (px)", 0.0, 8.0, float(render["blur_sigma_px"] or 0.0), 0.5)
 show_contours = k4.toggle("Tissue contours", value=False)
 
 

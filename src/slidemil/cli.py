@@ -24,6 +24,7 @@ def _predict(args: argparse.Namespace) -> int:
     from slidemil.inference import SlidePredictor
     from slidemil.registry import load_bundle
     from slidemil.tracking import setup_tracking
+    from slidemil.utils.geojson import write_geojson
 
     setup_tracking(Path(args.project), args.experiment)
     bundle = load_bundle(args.model_name, args.alias)
@@ -33,7 +34,7 @@ def _predict(args: argparse.Namespace) -> int:
     if pred.heatmap_png:
         (out / f"{pred.slide_id}_heatmap.png").write_bytes(pred.heatmap_png)
     if pred.geojson:
-        (out / f"{pred.slide_id}_tiles.geojson").write_text(json.dumps(pred.geojson))
+        write_geojson(out / f"{pred.slide_id}_tiles.geojson", pred.geojson)
     print(json.dumps(pred.summary(), indent=2))
     return 0
 

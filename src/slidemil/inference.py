@@ -101,8 +101,10 @@ class SlidePredictor:
         from slidemil.evaluation.tile_geojson import tiles_to_geojson
         from slidemil.features.extract import TileDataset, encode_tiles
         from slidemil.slides.backends import open_slide
+        from slidemil.slides.masks import rasterize_polygons
         from slidemil.slides.tiling import TilingParams, plan_tiles
         from slidemil.slides.tissue import TissueParams, segment_tissue
+        from slidemil.slides.tissue_qc import contours_to_geojson
 
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -133,7 +135,9 @@ class SlidePredictor:
                 params = HeatmapParams(**spec.heatmap) if spec.heatmap else HeatmapParams()
                 thumb, ds = reader.thumbnail(max_side=min(params.canvas_max_side, 1024))
                 image = render_score_layer(thumb, ds, layer, view.coords, view.level0_px, params,
-                                           tissue_mask=seg.mask, mask_downsample=_mask_ds(seg),
+                                           tissue_mask=rasterize_polygons(contours_to_geojson(seg, sid),
+                                                                          thumb.shape[:2], ds),
+                                           mask_downsample=ds,
                                            slide_dims=reader.dimensions,
                                            title=f"{sid} | {spec.method} | {scored.label}: {layer.name}")
                 out.heatmap_png = png_bytes(image)
@@ -147,8 +151,3 @@ class SlidePredictor:
         timings["total"] = time.perf_counter() - t0
         out.timings = timings
         return out
-
-
-def _mask_ds(seg) -> float:
-    ds = seg.downsample
-    return float(np.mean(ds)) if np.ndim(ds) else float(ds)

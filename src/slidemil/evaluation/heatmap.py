@@ -71,7 +71,7 @@ def to_percentiles(scores: np.ndarray) -> np.ndarray:
     if n == 1:
         out[finite] = 0.5
         return out
-    uniq, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
     first_rank = np.concatenate(([0], np.cumsum(counts)[:-1]))  # 0-based rank of each group's first member
     avg_rank = first_rank + (counts - 1) / 2.0
     out[finite] = avg_rank[inverse] / (n - 1)
@@ -269,11 +269,6 @@ def with_colorbar(overlay_rgb: np.ndarray, cmap: str, margin: int = 8) -> np.nda
     return out
 
 
-def save_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write an RGB uint8 image as PNG atomically (no half-written file under the final name)."""
-    return write_png_atomic(path, rgb)
-
-
 # ---- top / bottom tiles ------------------------------------------------------------------------------
 def save_top_tiles(
     reader: SlideReader,
@@ -301,7 +296,7 @@ def save_top_tiles(
         x, y = int(coords[i, 0]), int(coords[i, 1])
         tile = reader.read_tile((x, y), geometry)
         path = out_dir / f"{prefix}_{kind}{rank:03d}_score{scores[i]:+.4f}_x{x}_y{y}.png"
-        save_png(path, tile)
+        write_png_atomic(path, tile)
         records.append({"rank": rank, "index": int(i), "x": x, "y": y, "score": float(scores[i]), "path": str(path)})
     return records
 
@@ -316,7 +311,6 @@ __all__ = [
     "colorize",
     "ranked_indices",
     "render_heatmap",
-    "save_png",
     "save_top_tiles",
     "score_canvas",
     "to_percentiles",

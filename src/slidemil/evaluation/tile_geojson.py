@@ -9,15 +9,11 @@ optional ``classification`` ``{"name", "color": [r, g, b]}`` and string-valued `
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
-
-from slidemil.utils.atomic import write_text_atomic
 
 # Fixed namespace so re-exporting the same slide gives the same feature ids (QuPath keeps ids on import).
 _ID_NAMESPACE = uuid.UUID("6f0b7f52-3d0e-4c55-9a51-5a1de3117c0a")
@@ -78,17 +74,6 @@ def tiles_to_geojson(
             "properties": props,
         })
     return {"type": "FeatureCollection", "features": features}
-
-
-def write_geojson(path: str | Path, fc: dict) -> Path:
-    """Write atomically as compact, strict JSON (NaN is refused rather than written invalidly)."""
-    path = Path(path)
-    write_text_atomic(path, json.dumps(fc, separators=(",", ":"), allow_nan=False))
-    return path
-
-
-def read_geojson(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def _per_tile_classes(classification, n: int) -> list[str | None]:

@@ -20,8 +20,9 @@ from slidemil.slides.backends import open_slide
 from slidemil.slides.errors import NoTissueError, SlideError
 from slidemil.slides.tiling import TilingParams, plan_tiles
 from slidemil.slides.tissue import TissueParams, segment_tissue
-from slidemil.slides.tissue_qc import contours_to_geojson, draw_qc, save_png
-from slidemil.utils.atomic import remove_stale_temps, write_json_atomic
+from slidemil.slides.tissue_qc import contours_to_geojson, draw_qc
+from slidemil.utils.atomic import remove_stale_temps, write_png_atomic
+from slidemil.utils.geojson import write_geojson
 from slidemil.utils.hashing import config_hash
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,8 @@ def tile_one(job: SlideJob, tiling: TilingParams, tissue: TissueParams, outputs:
             if len(tiles) == 0:
                 raise NoTissueError(job.slide_id, f"no tile reaches min_tissue={tiling.min_tissue}")
             thumb, thumb_ds = reader.thumbnail(max_side=1024)
-        write_json_atomic(geojson_path, contours_to_geojson(seg, job.slide_id))
-        save_png(qc_path, draw_qc(thumb, thumb_ds, seg, tiles.coords, tiles.geometry.level0_px))
+        write_geojson(geojson_path, contours_to_geojson(seg, job.slide_id))
+        write_png_atomic(qc_path, draw_qc(thumb, thumb_ds, seg, tiles.coords, tiles.geometry.level0_px))
         write_tiles(h5_path, tiles)
         return SlideResult(job.slide_id, "done", len(tiles), time.perf_counter() - start, seg.tissue_fraction)
     except SlideError as exc:

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from slidemil.slides.masks import MaskCoverage
 from slidemil.slides.reader import SlideReader
 
 REF_AREA = 512 * 512  # level-0 px: the unit of a_t and a_h
@@ -284,7 +285,7 @@ class TissueSegmentation:
     downsample: float
     contours: list[list[np.ndarray]]
     slide_dims: tuple[int, int]
-    _sat: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _coverage: MaskCoverage | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def tissue_fraction(self) -> float:
@@ -298,41 +299,12 @@ class TissueSegmentation:
     def coverage(self, xs: np.ndarray, ys: np.ndarray, size_level0: float) -> np.ndarray:
         """Fraction of each square footprint (top-left level-0 ``xs, ys``, side ``size_level0``) in tissue.
 
-        Exact area-weighted coverage: the summed-area table of a piecewise-constant mask is bilinear inside
-        each pixel, so interpolating it at fractional corners integrates partial pixels correctly. Parts of a
-        footprint beyond the mask (slide edge) count as background.
+        Exact by area (see :class:`~slidemil.slides.masks.MaskCoverage`); parts of a footprint beyond the
+        mask (slide edge) count as background.
         """
-        xs = np.asarray(xs, dtype=np.float64).ravel()
-        ys = np.asarray(ys, dtype=np.float64).ravel()
-        if xs.shape != ys.shape:
-            raise ValueError(f"xs and ys differ in length: {xs.shape} vs {ys.shape}")
-        if size_level0 <= 0:
-            raise ValueError(f"size_level0 must be positive, got {size_level0}")
-        if self._sat is None:
-            sat = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.float64)
-            sat[1:, 1:] = self.mask.astype(np.float64).cumsum(0).cumsum(1)
-            self._sat = sat
-        ds = float(self.downsample)
-        side = size_level0 / ds
-        x0, y0 = xs / ds, ys / ds
-        x1, y1 = x0 + side, y0 + side
-        inside = (
-            self._integral(x1, y1) - self._integral(x0, y1) - self._integral(x1, y0) + self._integral(x0, y0)
-        )
-        return np.clip(inside / (side * side), 0.0, 1.0)
-
-    def _integral(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Tissue area in mask px over [0, x) x [0, y), for fractional x, y (clipped to the mask)."""
-        sat = self._sat
-        h, w = self.mask.shape
-        x = np.clip(x, 0.0, w)
-        y = np.clip(y, 0.0, h)
-        ix = np.minimum(np.floor(x).astype(np.int64), max(w - 1, 0))
-        iy = np.minimum(np.floor(y).astype(np.int64), max(h - 1, 0))
-        fx, fy = x - ix, y - iy
-        a, b = sat[iy, ix], sat[iy, ix + 1]
-        c, d = sat[iy + 1, ix], sat[iy + 1, ix + 1]
-        return a + fx * (b - a) + fy * (c - a) + fx * fy * (d - b - c + a)
+        if self._coverage is None:
+            self._coverage = MaskCoverage(self.mask, self.downsample)
+        return self._coverage.squares(xs, ys, size_level0)
 
 
 def seg_downsample_for(dimensions: tuple[int, int], params: TissueParams) -> float:

@@ -7,13 +7,11 @@ closed (first position repeated last).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
+from slidemil.slides.masks import to_mask_px
 from slidemil.slides.tissue import TissueSegmentation
-from slidemil.utils.atomic import write_png_atomic
 
 TISSUE_COLOR_RGB = (0, 200, 0)
 HOLE_COLOR_RGB = (0, 0, 255)
@@ -93,12 +91,7 @@ def draw_qc(
             cv2.rectangle(img, (int(x0), int(y0)), (int(max(x0, x1)), int(max(y0, y1))), TILE_COLOR_RGB, 1)
     for rings in seg.contours:
         for j, ring in enumerate(rings):
-            pts = np.round(np.asarray(ring) / thumb_downsample - 0.5).astype(np.int32).reshape(-1, 1, 2)
+            pts = np.round(to_mask_px(ring, thumb_downsample)).astype(np.int32).reshape(-1, 1, 2)
             color = TISSUE_COLOR_RGB if j == 0 else HOLE_COLOR_RGB
             cv2.polylines(img, [pts], True, color, thickness, lineType=cv2.LINE_AA)
     return img
-
-
-def save_png(path: str | Path, image: np.ndarray) -> None:
-    """Write an RGB (or grey) uint8 image as PNG atomically."""
-    write_png_atomic(path, image)

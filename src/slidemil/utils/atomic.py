@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from slidemil.utils.jsonable import to_jsonable
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | Path, suffix: str | None = None) -> Iterator[Path]:
@@ -32,7 +34,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: object) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Indented, key-sorted strict JSON (see :func:`~slidemil.utils.jsonable.to_jsonable`: NaN -> null)."""
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False, default=str)
+    write_text_atomic(path, text + "\n")
 
 
 def write_png_atomic(path: str | Path, image) -> Path:
