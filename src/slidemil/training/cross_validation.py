@@ -93,6 +93,7 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
                                  metric_sink=tracker.metrics)
                 if res is None:  # not rank 0
                     continue
+                tracker.params({"world_size": res.world_size})
                 row = {"fold": int(fold), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
                        "best_val_loss": res.best_val_loss, "best_score": res.best_score}
                 for split in ("val", "test"):

@@ -50,6 +50,7 @@ class FoldResult:
     best_score: float  # the monitored validation metric at the selected checkpoint
     best_val_loss: float
     epochs_run: int
+    world_size: int  # processes that trained the fold (2+ = DDP)
     state_dict: dict
     predictions: pd.DataFrame
     history: list[dict] = field(default_factory=list)
@@ -126,6 +127,7 @@ def train_fold(
             trainer.fit(module, train_dl, val_dl)
         if not trainer.is_global_zero:
             return None
+        world_size = trainer.world_size
         model = method.build_model()
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
@@ -146,6 +148,7 @@ def train_fold(
         best_score=float(ckpt.best_model_score) if ckpt.best_model_score is not None else float("nan"),
         best_val_loss=float(best_row.get("val_loss", float("nan"))),
         epochs_run=len(history.rows),
+        world_size=world_size,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         predictions=preds,
         history=history.rows,
