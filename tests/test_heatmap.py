@@ -273,3 +273,63 @@ def test_localisation_auroc_synthetic():
     assert rand is not None and abs(rand - 0.5) < 0.1
     assert localisation_auroc(rng.random(10), np.zeros(10)) is None
     assert localisation_auroc(rng.random(10), np.ones(10)) is None
+
+
+# ---- score layers (the method contract's explanations) ---------------------------------------------------
+def _layer(values, kind):
+    from slidemil.methods import ScoreLayer
+
+    return ScoreLayer("score", "tiles", np.asarray(values, dtype=float), kind, "tumour")
+
+
+def test_score_layers_relative_vs_absolute_scale():
+    from slidemil.evaluation.heatmap import legend_labels, render_score_layer
+
+    thumb = np.full((40, 60, 3), 200, np.uint8)
+    coords = np.array([[0, 0], [20, 0], [40, 0]])
+    params = HeatmapParams(alpha=1.0, cmap="viridis")
+
+    def paint(values, kind):
+        img = render_score_layer(thumb, 1.0, _layer(values, kind), coords, 20, params)
+        head = img.shape[0] - thumb.shape[0]
+        return img[head + 5, 5], img  # a pixel inside the first tile
+
+    low, img = paint([0.2, 0.2, 0.2], "probability")
+    high, _ = paint([0.8, 0.8, 0.8], "probability")
+    assert not np.array_equal(low, high)  # probabilities keep their absolute value
+    rel_low, _ = paint([0.2, 0.2, 0.2], "attention")
+    rel_high, _ = paint([0.8, 0.8, 0.8], "attention")
+    assert np.array_equal(rel_low, rel_high)  # relative scores: a constant is the 50th percentile either way
+    assert img.shape[0] > thumb.shape[0] and img.shape[1] > thumb.shape[1]  # title line and legend strip
+    assert (img[: img.shape[0] - thumb.shape[0]] < 100).any()  # the title is drawn
+    assert legend_labels(_layer([1], "probability")) == ("score (tumour), probability", "0.0", "1.0")
+    assert legend_labels(_layer([1], "contribution"))[0] == "score (tumour), within-slide percentile"
+
+
+def test_mean_pool_bundle_serves_a_heatmap(slides_dir):
+    """A pooling champion explains with tile contributions: heatmap, GeoJSON measurement and top tiles."""
+    import io
+    import json as _json
+
+    import torch
+    from PIL import Image
+
+    from slidemil.bundle import ModelBundle
+    from slidemil.encoders.registry import build_encoder
+    from slidemil.inference import SlidePredictor
+
+    enc = build_encoder("resnet18", "random", seed=0)
+    torch.manual_seed(0)
+    bundle = ModelBundle.create("mean_pool", {"in_dim": enc.feature_dim, "n_classes": 2}, ["a", "b"],
+                                {"name": "resnet18", "weights": "random", "seed": 0, "weights_id": enc.weights_id,
+                                 "feature_dim": enc.feature_dim},
+                                {"tile_px": 224, "target_mpp": 1.0, "multiscale_factor": 0},
+                                heatmap={"canvas_max_side": 512})
+    pred = SlidePredictor(bundle, device="cpu").predict(slides_dir / "CMU-1-Small-Region.svs", top_k=3)
+    assert pred.heatmap_png is not None and pred.scored.primary.kind == "contribution"
+    img = np.asarray(Image.open(io.BytesIO(pred.heatmap_png)))
+    assert img.ndim == 3 and min(img.shape[:2]) > 50
+    props = pred.geojson["features"][0]["properties"]
+    assert "contribution" in _json.dumps(props)
+    assert len(pred.top_tiles) == 3 and pred.top_tiles[0]["score"] >= pred.top_tiles[-1]["score"]
+    assert np.isfinite(pred.tile_scores).all() and len(pred.tile_scores) == pred.n_tiles

@@ -1,0 +1,102 @@
+"""Bundle format 2: schema and cross-field checks on save and load, the format-1 message and its upgrade."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from slidemil.bundle import BundleError, BundleSpec, ModelBundle, upgrade_format1
+from slidemil.cli import main as cli_main
+from slidemil.scoring import BundleScorer, slide_from_features
+
+ENC = {"name": "toy", "weights": "random", "feature_dim": 8}
+TILING = {"tile_px": 224, "target_mpp": 0.5, "multiscale_factor": 4}
+
+
+def _bundle(method="abmil", config=None, classes=("a", "b"), encoder=ENC) -> ModelBundle:
+    torch.manual_seed(0)
+    return ModelBundle.create(method, config or {"in_dim": 8, "n_classes": len(classes)}, list(classes),
+                              dict(encoder), TILING)
+
+
+def test_round_trip_and_predictions(tmp_path):
+    bundle = _bundle("clam_mb", {"in_dim": 8, "n_classes": 3, "k_sample": 2}, ("x", "y", "z"))
+    folder = bundle.save(tmp_path / "b")
+    meta = json.loads((folder / "bundle.json").read_text())
+    assert meta["format"] == 2 and meta["method"] == "clam_mb"
+    assert meta["components"]["encoders"]["tiles"]["feature_dim"] == 8
+    loaded = ModelBundle.load(folder)
+    slide = slide_from_features("s", np.random.default_rng(0).normal(size=(12, 8)), np.zeros((12, 2)), 224)
+    a, b = BundleScorer(bundle).score(slide), BundleScorer(loaded).score(slide)
+    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-7)
+    assert a.primary.kind == "attention" and len(a.primary.values) == 12
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"classes": ("a", "a")}, "class_names must be unique"),
+    ({"config": {"in_dim": 8, "n_classes": 3}}, "3 classes but class_names lists 2"),
+    ({"encoder": {**ENC, "feature_dim": 16}}, "gives 16-d features, the model expects 8"),
+    ({"method": "transmil"}, "unknown method 'transmil'"),
+    ({"config": {"in_dim": 8, "n_classes": 2, "k_sample": 4}}, "unknown MILConfig key"),
+])
+def test_cross_field_checks(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _bundle(**kwargs)
+
+
+def test_load_refuses_edited_and_old_bundles(tmp_path):
+    folder = _bundle().save(tmp_path / "b")
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["components"]["encoders"]["tiles"]["feature_dim"] = 4
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"invalid bundle.json: .*gives 4-d features"):
+        ModelBundle.load(folder)
+    meta["components"]["encoders"] = {"parents": meta["components"]["encoders"]["tiles"]}
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="no encoder for that tile set"):
+        ModelBundle.load(folder)
+
+
+def _format1(folder, model_name="abmil"):
+    """A bundle as slidemil 0.1 wrote it (CLAM keys in every model's config)."""
+    torch.manual_seed(0)
+    from slidemil.methods import build_method
+
+    state = build_method(model_name, {"in_dim": 8, "n_classes": 2}).build_model().state_dict()
+    folder.mkdir(parents=True)
+    (folder / "bundle.json").write_text(json.dumps({
+        "format": 1, "model_name": model_name,
+        "model_config": {"in_dim": 8, "n_classes": 2, "size": "small", "dropout": 0.25, "k_sample": 8},
+        "class_names": ["a", "b"], "encoder": {"name": "toy", "weights": "random", "feature_dim": 8},
+        "tiling": {"tile_px": 224, "target_mpp": 0.5}, "tissue": {}, "heatmap": {}, "metadata": {"fold": 1}}))
+    torch.save(state, folder / "weights.pt")
+    return state
+
+
+def test_format1_gets_a_clear_message_and_upgrades(tmp_path, capsys):
+    state = _format1(tmp_path / "old")
+    with pytest.raises(BundleError, match="format-1 bundle .* `slidemil bundle-upgrade"):
+        ModelBundle.load(tmp_path / "old")
+    assert cli_main(["bundle-upgrade", str(tmp_path / "old"), "--out", str(tmp_path / "new")]) == 0
+    new = ModelBundle.load(tmp_path / "new")
+    assert new.method_name == "abmil" and "k_sample" not in new.spec.method_config
+    assert new.metadata["upgraded_from_format"] == 1 and new.metadata["fold"] == 1
+    assert all(torch.equal(state[k], new.state_dict[k]) for k in state)
+    assert cli_main(["bundle-upgrade", str(tmp_path / "new")]) == 2  # already format 2: a readable refusal
+    assert "is not a format-1 bundle (format 2)" in capsys.readouterr().err
+
+
+def test_methods_command_lists_the_registry(capsys):
+    assert cli_main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("clam_sb", "clam_mb", "abmil", "mean_pool", "max_pool"):
+        assert f"{name}:" in out
+    assert "k_sample=8" in out and "layers:     tile_set:tiles, features:tiles" in out
+    assert cli_main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in rows}
+    assert "k_sample" in by_name["clam_sb"]["config"] and "k_sample" not in by_name["abmil"]["config"]
+    assert by_name["mean_pool"]["monitor"] == "val_loss (min)"
