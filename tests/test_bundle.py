@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from slidemil.bundle import BundleError, BundleSpec, ModelBundle, upgrade_format1
+from slidemil.bundle import BundleError, ModelBundle
 from slidemil.cli import main as cli_main
 from slidemil.scoring import BundleScorer, slide_from_features
 
