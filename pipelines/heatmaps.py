@@ -18,13 +18,12 @@ from tqdm.auto import tqdm
 from pipelines.common import load_params, project_path, setup_logging
 from slidemil.bundle import ModelBundle
 from slidemil.data.manifest import read_manifest
-from slidemil.data.tile_store import read_tiles
 from slidemil.evaluation.heatmap import HeatmapParams, render_heatmap, save_png, save_top_tiles, with_colorbar
 from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fraction
 from slidemil.evaluation.rasterize import rasterize_polygons
 from slidemil.evaluation.tile_geojson import tiles_to_geojson, write_geojson
-from slidemil.features.store import read_features
 from slidemil.slides.backends import open_slide
+from slidemil.store import SlideStore
 from slidemil.utils.atomic import atomic_path, write_json_atomic
 
 
@@ -39,7 +38,7 @@ def main() -> int:
     first_test = splits[splits.split == "test"].sort_values("fold").drop_duplicates("slide_id")
     train_dir = project_path(p["train"]["out_dir"]) / model_name
     out_root = project_path(h["out_dir"])
-    feat_dir = project_path(p["features"]["out_dir"])
+    store = SlideStore(project_path(p["tile"]["tiles_dir"]), project_path(p["features"]["out_dir"]))
     tissue_dir = project_path(p["tile"]["tissue_dir"])
     bundles: dict[int, tuple[ModelBundle, object]] = {}
     rows = []
@@ -49,13 +48,14 @@ def main() -> int:
             b = ModelBundle.load(train_dir / "folds" / f"fold{fold}" / "bundle")
             bundles[fold] = (b, b.build_model())
         bundle, model = bundles[fold]
-        feats, coords, _ = read_features(feat_dir / f"{r.slide_id}.h5")
-        tiles = read_tiles(project_path(p["tile"]["tiles_dir"]) / f"{r.slide_id}.h5")
+        tiles = store.tile_set(r.slide_id)
+        layer = store.features(r.slide_id)
+        feats, coords = layer.features, layer.coords
         pred = bundle.predict_features(feats, model)
         scores = pred["tile_scores"]
         out = out_root / r.slide_id
         out.mkdir(parents=True, exist_ok=True)
-        with open_slide(tiles.slide_path, slide_id=r.slide_id, mpp=tiles.attrs["slide_mpp"]) as reader:
+        with open_slide(tiles.slide_path, slide_id=r.slide_id, mpp=tiles.geometry.slide_mpp) as reader:
             thumb, ds = reader.thumbnail(max_side=params.canvas_max_side)
             tissue = rasterize_polygons(json.loads((tissue_dir / f"{r.slide_id}.geojson").read_text()),
                                         reader.dimensions, ds)

@@ -9,7 +9,7 @@ import yaml
 from pipelines.common import ROOT, load_params, project_path, setup_logging
 from slidemil.data.manifest import read_manifest
 from slidemil.data.splits import SplitConfig, check_no_leakage, make_splits
-from slidemil.features.store import read_feature_attrs
+from slidemil.store import read_feature_attrs
 from slidemil.tracking import dvc_out_hash, setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.cross_validation import CVSpec, run_cross_validation

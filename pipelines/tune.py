@@ -10,7 +10,7 @@ import sys
 from pipelines.common import ROOT, load_params, project_path, setup_logging
 from slidemil.data.manifest import read_manifest
 from slidemil.data.splits import SplitConfig, make_splits
-from slidemil.features.store import read_feature_attrs
+from slidemil.store import read_feature_attrs
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.tuning import SearchSpace, TuneConfig, export_best, run_tuning

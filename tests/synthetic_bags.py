@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
+
+from slidemil.store import write_features
 
 CLASSES = ["normal", "tumour"]
 DIM = 32
@@ -29,8 +30,7 @@ def feature_bags(root: Path, n_cases: int = 24, seed: int = 0, strength: float =
                 k = int(rng.integers(3, 7))
                 x[:k] += strength * signal
             path = root / f"{sid}.h5"
-            with h5py.File(path, "w") as f:
-                f["features"] = x
-                f["coords"] = np.zeros((n, 2), np.int64)
+            coords = np.stack([np.arange(n) * 224, np.zeros(n)], axis=1).astype(np.int64)
+            write_features(path, x, coords, {"slide_id": sid, "encoder": "synthetic"})
             rows.append({"slide_id": sid, "case_id": f"case{c:02d}", "label": label, "features_path": str(path)})
     return pd.DataFrame(rows)

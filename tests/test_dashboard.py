@@ -188,8 +188,6 @@ def _thumbnail(seed: int) -> np.ndarray:
 
 
 def _write_slides(root: Path, facts: dict) -> None:
-    import h5py
-
     from slidemil.evaluation.heatmap import (
         HeatmapParams,
         ranked_indices,
@@ -199,6 +197,8 @@ def _write_slides(root: Path, facts: dict) -> None:
     )
     from slidemil.evaluation.rasterize import rasterize_polygons
     from slidemil.evaluation.tile_geojson import tiles_to_geojson, write_geojson
+    from slidemil.slides.geometry import TileGeometry
+    from slidemil.store import TileSetLayer, write_tile_sets
 
     data = root / "data"
     for d in ("tissue", "qc", "tiles", "heatmaps"):
@@ -220,9 +220,9 @@ def _write_slides(root: Path, facts: dict) -> None:
         save_png(data / "qc" / f"{slide}.png", qc)
         if slide not in HEATMAP_SLIDES:
             continue
-        with h5py.File(data / "tiles" / f"{slide}.h5", "w") as f:
-            f.create_dataset("coords", data=coords)
-            f.attrs.update({"width": SLIDE_DIMS[0], "height": SLIDE_DIMS[1], "complete": True})
+        geometry = TileGeometry(TILE_L0, 0.5, 0.5, 0, 1.0, TILE_L0, TILE_L0, TILE_L0)
+        tiles = TileSetLayer("tiles", slide, f"{slide}.svs", coords, geometry, np.ones(len(coords), np.float32))
+        write_tile_sets(data / "tiles" / f"{slide}.h5", [tiles], attrs={"width": SLIDE_DIMS[0], "height": SLIDE_DIMS[1]})
         rng = np.random.default_rng(10 + k)
         hot = np.array([2600.0, 1300.0]) if k == 0 else np.array([1500.0, 1800.0])
         scores = np.exp(-((coords + TILE_L0 / 2 - hot) ** 2).sum(1) / (2 * 450.0**2)) + 0.03 * rng.normal(size=len(coords))

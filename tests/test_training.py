@@ -73,17 +73,18 @@ def test_cv_learns_and_is_tracked(trained):
 def test_bundle_reproduces_predictions_in_fresh_process(trained):
     root, slides, result = trained
     script = textwrap.dedent(f"""
-        import json, h5py, mlflow
+        import json, mlflow
         import pandas as pd
         from slidemil.mlflow_model import load_bundle_from_uri
+        from slidemil.store import read_feature_layer
         mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})
         bundle = load_bundle_from_uri("runs:/{result.parent_run_id}/model")
         slides = pd.read_csv({str(root / "slides.csv")!r})
         out = {{}}
         model = bundle.build_model()
         for r in slides.itertuples():
-            with h5py.File(r.features_path) as f:
-                out[r.slide_id] = bundle.predict_features(f["features"][:], model)["probabilities"]
+            feats = read_feature_layer(r.features_path).features
+            out[r.slide_id] = bundle.predict_features(feats, model)["probabilities"]
         print(json.dumps({{"fold": bundle.metadata["fold"], "probs": out}}))
     """)
     slides.to_csv(root / "slides.csv", index=False)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
+
+from slidemil.store import read_feature_layer
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,10 @@ class FeatureCache:
     def get(self, path: Path) -> torch.Tensor:
         if path in self._cache:
             return self._cache[path]
-        with h5py.File(path, "r") as f, torch.inference_mode(False):
+        with torch.inference_mode(False):
             # a normal tensor even when first touched inside a validation/inference block, so it can be
             # reused for training later
-            feats = torch.from_numpy(np.asarray(f["features"][:], dtype=np.float32))
+            feats = torch.from_numpy(read_feature_layer(path).features)
         if self.preload:
             self._cache[path] = feats
         return feats
