@@ -532,6 +532,18 @@ def test_recomposited_heatmap_equals_the_stage_image(dashboard_project):
     assert changed.sum() > 500 and np.all(np.abs(r - 1) < 0.06)
 
 
+def test_slide_size_comes_from_the_tile_store(dashboard_project, monkeypatch):
+    from dashboard import data_access as da
+
+    monkeypatch.setenv("SLIDEMIL_PROJECT_ROOT", str(dashboard_project["root"]))
+    project = da.get_project()
+    assert da.tile_store_dims(project, "s00") == SLIDE_DIMS
+    assert da.tile_store_dims(project, "missing") is None
+    broken = dashboard_project["root"] / "data" / "tiles" / "broken.h5"
+    broken.write_bytes(b"half a file")
+    assert da.tile_store_dims(project, "broken") is None
+
+
 def test_resolve_geometry_fallbacks():
     from dashboard import heatmap_view as hv
 
