@@ -1,4 +1,4 @@
-"""DVC stage `features`: encode the configured tile sets of every validated slide with the configured encoder."""
+"""DVC stage `features`: encode the configured tile sets of every validated slide with the chosen encoder."""
 
 from __future__ import annotations
 

@@ -302,8 +302,8 @@ def _read_bag(path: Path, name: str, feature_dim: int, max_rows: int):
     except LayerError as exc:
         raise ServingError(400, "bad_feature_file", f"{name}: {exc.problem}") from None
     if layer.feature_dim != feature_dim:
-        raise ServingError(400, "bad_feature_file",
-                           f"{name}: features have dimension {layer.feature_dim}, but this model expects {feature_dim}")
+        raise ServingError(400, "bad_feature_file", f"{name}: features have dimension {layer.feature_dim}, "
+                           f"but this model expects {feature_dim}")
     if len(layer) == 0:
         raise ServingError(400, "bad_feature_file", f"{name}: the feature file holds no tiles")
     return layer.features, layer.coords, {k: _plain(v) for k, v in layer.attrs.items()}
