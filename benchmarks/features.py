@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from slidemil.data.tile_store import TileSet, read_tiles, write_tiles
 from slidemil.encoders import build_encoder
 from slidemil.features.extract import TileDataset, extract_slide_features
 from slidemil.slides.backends import open_slide
+from slidemil.store import TileSetLayer, read_tile_set, write_tile_sets
 
 REPO = Path(__file__).resolve().parents[1]
 TILE_PX, TARGET_MPP = 224, 0.5
@@ -84,8 +84,8 @@ def make_tile_file(slide: Path, n_tiles: int, out: Path) -> dict:
                 f"{slide.name}: only {len(positions)} tile positions at stride 16 px; lower --n-tiles"
             )
         coords = positions[np.linspace(0, len(positions) - 1, n_tiles).round().astype(int)]
-        attrs = {"config_hash": "benchmark", "slide_mpp": reader.mpp}
-        write_tiles(out, TileSet(out.stem, str(slide), coords, geometry, np.ones(n_tiles, np.float32), attrs))
+        tiles = TileSetLayer("tiles", out.stem, str(slide), coords, geometry, np.ones(n_tiles, np.float32))
+        write_tile_sets(out, [tiles], resume_key="benchmark")
         return {
             "slide": slide.name,
             "slide_px": list(reader.dimensions),
@@ -102,7 +102,7 @@ def make_tile_file(slide: Path, n_tiles: int, out: Path) -> dict:
 
 def read_rate(tile_h5: Path, workers: int, batch_size: int) -> float:
     """Tiles/s of reading alone, through the same Dataset/DataLoader the extractor uses."""
-    ds = TileDataset.from_tiles(read_tiles(tile_h5))
+    ds = TileDataset.from_tiles(read_tile_set(tile_h5))
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, persistent_workers=False)
     start, n = time.perf_counter(), 0
     for batch in loader:
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         reads = {w: read_rate(tile_h5, w, args.batch_size) for w in args.workers}
-        ds = TileDataset.from_tiles(read_tiles(tile_h5))
+        ds = TileDataset.from_tiles(read_tile_set(tile_h5))
         tiles = torch.stack([ds[i] for i in range(len(ds))])
         ds.close()
 

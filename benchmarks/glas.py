@@ -43,17 +43,16 @@ import torch
 
 from slidemil.bundle import ModelBundle
 from slidemil.data.splits import SplitConfig, case_table, check_no_leakage, make_splits
-from slidemil.data.tile_store import read_tiles
+from slidemil.data.tile_batch import SlideJob, TileOutputs, tile_slides
 from slidemil.encoders.registry import build_encoder
 from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fraction
 from slidemil.evaluation.metrics import slide_metrics
 from slidemil.features.extract import extract_many
-from slidemil.features.store import read_feature_attrs, read_features
 from slidemil.methods import get_method
 from slidemil.scoring import slide_from_features
-from slidemil.slides.batch import SlideJob, TileOutputs, tile_slides
 from slidemil.slides.tiling import TilingParams
 from slidemil.slides.tissue import TissueParams
+from slidemil.store import SlideStore, read_feature_layer, read_tile_set
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.cross_validation import CVSpec, run_cross_validation
@@ -89,8 +88,8 @@ def tile_phase(labels: pd.DataFrame, data_dir: Path, mpp: float, tiling: TilingP
     failed = {r.slide_id: r.error for r in results if r.status == "failed"}
     if failed:
         raise SystemExit("tiling failed:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items()))
-    n = np.array([len(read_tiles(outputs.tiles_dir / f"{s}.h5").coords) for s in labels["slide_id"]])
-    geometry = read_tiles(outputs.tiles_dir / f"{labels['slide_id'].iloc[0]}.h5").geometry
+    n = np.array([len(read_tile_set(outputs.tiles_dir / f"{s}.h5")) for s in labels["slide_id"]])
+    geometry = read_tile_set(outputs.tiles_dir / f"{labels['slide_id'].iloc[0]}.h5").geometry
     return {"n_tiles": int(n.sum()), "tiles_per_slide": {"min": int(n.min()), "median": float(np.median(n)),
                                                           "max": int(n.max())},
             "tile_level0_px": int(geometry.level0_px), "tile_um": round(geometry.level0_px * mpp, 1),
@@ -123,7 +122,7 @@ def train_phase(labels: pd.DataFrame, splits: pd.DataFrame, feat_dir: Path, mode
     slides = labels[["slide_id", "label"]].copy()
     paths = {s: feat_dir / f"{s}.h5" for s in slides["slide_id"]}
     source = feature_file_source(paths)
-    feature_dims = {"tiles": int(read_feature_attrs(next(iter(paths.values())))["feature_dim"])}
+    feature_dims = {"tiles": read_feature_layer(next(iter(paths.values()))).feature_dim}
     results = {}
     for name in models:
         method = get_method(name)
@@ -168,8 +167,9 @@ def localisation_phase(labels: pd.DataFrame, splits: pd.DataFrame, data_dir: Pat
         for fold, g in test.groupby("fold"):
             method, model = ModelBundle.load(train_dir / name / "folds" / f"fold{fold}" / "bundle").build()
             for slide_id in g["slide_id"]:
-                feats, coords, _ = read_features(feat_dir / f"{slide_id}.h5")
-                level0_px = read_tiles(tiles_dir / f"{slide_id}.h5").geometry.level0_px
+                layer = SlideStore(tiles_dir, feat_dir).features(slide_id)
+                feats, coords = layer.features, layer.coords
+                level0_px = read_tile_set(tiles_dir / f"{slide_id}.h5").geometry.level0_px
                 slide = slide_from_features(slide_id, feats, coords, level0_px)
                 scores = method.explain(model, slide, CLASSES.index("malignant"), CLASSES)[0].values
                 mask = cv2.imread(str(data_dir / info.at[slide_id, "gland_mask"]), cv2.IMREAD_GRAYSCALE) > 127

@@ -197,12 +197,12 @@ def tile_store_dims(project: Project, slide_id: str) -> tuple[int, int] | None:
 
 @st.cache_data(ttl=TTL, show_spinner=False)
 def _tile_store_dims(path: str, mtime: float) -> tuple[int, int] | None:
-    import h5py
+    from slidemil.store import LayerError, read_layer_attrs
 
     try:
-        with h5py.File(path, "r") as f:
-            return int(f.attrs["width"]), int(f.attrs["height"])
-    except (OSError, KeyError):
+        attrs = read_layer_attrs(path, "tiles")
+        return int(attrs["width"]), int(attrs["height"])
+    except (LayerError, KeyError):
         return None
 
 

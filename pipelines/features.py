@@ -1,4 +1,4 @@
-"""DVC stage `features`: encode every tile of every validated slide with the configured encoder."""
+"""DVC stage `features`: encode the configured tile sets of every validated slide with the chosen encoder."""
 
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ def main() -> int:
     out_dir = project_path(f["out_dir"])
     try:
         summary = extract_many([tiles_dir / f"{s}.h5" for s in slide_ids], encoder, out_dir,
-                               batch_size=f["batch_size"], num_workers=f["num_workers"], device=f["device"],
-                               progress=True)
+                               tile_sets=tuple(f.get("tile_sets", ["tiles"])), batch_size=f["batch_size"],
+                               num_workers=f["num_workers"], device=f["device"], progress=True)
     except FeatureExtractionError as exc:
         log.error("%s", exc)
         return 1
     write_json_atomic(project_path(f["summary"]), {
         "encoder": encoder.name, "weights_id": encoder.weights_id, "feature_dim": encoder.feature_dim,
+        "tile_sets": list(f.get("tile_sets", ["tiles"])),
         "n_slides": len(slide_ids), "n_tiles": summary.n_tiles,
     })
     log.info("features: %d slides, %d tiles, %.1f tiles/s", len(slide_ids), summary.n_tiles, summary.tiles_per_s)

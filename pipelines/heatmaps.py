@@ -20,13 +20,13 @@ from tqdm.auto import tqdm
 from pipelines.common import load_params, project_path, setup_logging
 from pipelines.training_inputs import training_inputs
 from slidemil.bundle import ModelBundle
-from slidemil.data.tile_store import read_tiles
 from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer, save_top_tiles
 from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fraction
 from slidemil.evaluation.tile_geojson import tiles_to_geojson
 from slidemil.scoring import BundleScorer, ScoredSlide
 from slidemil.slides.backends import open_slide
 from slidemil.slides.masks import rasterize_polygons
+from slidemil.store import SlideStore
 from slidemil.utils.atomic import atomic_path, write_json_atomic, write_png_atomic
 from slidemil.utils.geojson import write_geojson
 
@@ -43,6 +43,7 @@ def main() -> int:
     first_test = splits[splits.split == "test"].sort_values("fold").drop_duplicates("slide_id")
     train_dir = project_path(p["train"]["out_dir"]) / family
     out_root = project_path(h["out_dir"])
+    store = SlideStore(project_path(p["tile"]["tiles_dir"]), project_path(p["features"]["out_dir"]))
     tissue_dir = project_path(p["tile"]["tissue_dir"])
     scorers: dict[int, BundleScorer] = {}
     rows = []
@@ -53,10 +54,10 @@ def main() -> int:
         scored = scorers[fold].score(inputs.source.load(r.slide_id))
         layer = scored.primary
         view = scored.tile_sets[layer.tile_set]
-        tiles = read_tiles(project_path(p["tile"]["tiles_dir"]) / f"{r.slide_id}.h5")
+        tiles = store.tile_set(r.slide_id, layer.tile_set)
         out = out_root / r.slide_id
         out.mkdir(parents=True, exist_ok=True)
-        with open_slide(tiles.slide_path, slide_id=r.slide_id, mpp=tiles.attrs["slide_mpp"]) as reader:
+        with open_slide(tiles.slide_path, slide_id=r.slide_id, mpp=tiles.geometry.slide_mpp) as reader:
             thumb, ds = reader.thumbnail(max_side=params.canvas_max_side)
             tissue = rasterize_polygons(json.loads((tissue_dir / f"{r.slide_id}.geojson").read_text()),
                                         thumb.shape[:2], ds)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipelines.common import load_params, project_path, setup_logging
 from slidemil.data.manifest import read_manifest, row_mpp
-from slidemil.slides.batch import SlideJob, TileOutputs, tile_slides
+from slidemil.data.tile_batch import SlideJob, TileOutputs, tile_slides
 from slidemil.slides.tiling import TilingParams
 from slidemil.slides.tissue import TissueParams, load_overrides
 from slidemil.utils.atomic import write_json_atomic

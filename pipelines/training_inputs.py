@@ -9,8 +9,8 @@ import pandas as pd
 
 from pipelines.common import project_path
 from slidemil.data.manifest import read_manifest
-from slidemil.features.store import read_feature_attrs
-from slidemil.training.data import CachedSource, feature_file_source
+from slidemil.store import SlideStore
+from slidemil.training.data import CachedSource, store_source
 
 
 @dataclass
@@ -27,9 +27,10 @@ def training_inputs(p: dict) -> TrainingInputs:
     classes = list(p["data"]["classes"])
     feat_dir = project_path(p["features"]["out_dir"])
     slides = read_manifest(project_path(p["validate"]["manifest_out"]))
-    paths = {s: feat_dir / f"{s}.h5" for s in slides["slide_id"]}
-    attrs = read_feature_attrs(next(iter(paths.values())))
-    feature_dims = {"tiles": int(attrs["feature_dim"])}
+    store = SlideStore(project_path(p["tile"]["tiles_dir"]), feat_dir)
+    first = store.features(str(slides["slide_id"].iloc[0]))
+    attrs = first.attrs
+    feature_dims = {"tiles": first.feature_dim}
     enc = p["features"]["encoder"]
     context = {
         "components": {"encoders": {"tiles": {
@@ -40,4 +41,4 @@ def training_inputs(p: dict) -> TrainingInputs:
         "tissue": dict(p["tissue"]["params"]),
         "heatmap": dict(p["heatmaps"]["render"]),
     }
-    return TrainingInputs(slides, classes, feature_file_source(paths), feature_dims, attrs, context)
+    return TrainingInputs(slides, classes, store_source(store), feature_dims, attrs, context)

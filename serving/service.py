@@ -130,8 +130,8 @@ class SlideMIL:
         features: Annotated[
             Path,
             Field(
-                description="HDF5 file with a `features` dataset (N, d) "
-                "(+ optional `coords` (N, 2)), as slidemil writes"
+                description="HDF5 feature file as the slidemil features stage writes it "
+                "(slidemil.store: group `tiles` with `features` (N, d) and `coords` (N, 2))"
             ),
         ],
         ctx: bentoml.Context = None,  # type: ignore[assignment]
@@ -295,56 +295,25 @@ def _slide_error(exc: Exception, name: str, private_name: str) -> Exception:
 
 
 def _read_bag(path: Path, name: str, feature_dim: int, max_rows: int):
-    """``(features float32 (N, d), coords (N, 2) or None, attrs)`` from an uploaded HDF5 file, checked.
+    """``(features float32 (N, d), coords (N, 2), attrs)`` of the ``tiles`` set of an uploaded feature file.
 
-    Links to other files, virtual and external datasets are refused: they would make the server read
-    paths chosen by the client.
+    Read by the store's one reader, which refuses what serving must refuse: links, virtual and external
+    datasets (they would make the server read paths chosen by the client), unfinished files, other formats,
+    NaN/inf and, checked before loading, more than ``max_rows`` rows. Problems are reported under the
+    client's file name, never the server's temporary path.
     """
-    import h5py
-
-    def bad(problem: str) -> ServingError:
-        return ServingError(400, "bad_feature_file", f"{name}: {problem}")
-
-    def local_dataset(f: h5py.File, key: str, required: bool):
-        link = f.get(key, getlink=True)
-        if link is None:
-            if required:
-                raise bad(f"no `{key}` dataset (expected {key} of shape (N, {feature_dim}))")
-            return None
-        if not isinstance(link, h5py.HardLink):
-            raise bad(f"`{key}` is a link; it must be a dataset stored in the file itself")
-        ds = f[key]
-        if not isinstance(ds, h5py.Dataset) or ds.is_virtual or ds.external:
-            raise bad(f"`{key}` must be a plain dataset stored in the file itself")
-        return ds
+    from slidemil.store import LayerError, LayerTooLarge, read_feature_layer
 
     try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise bad("not a readable HDF5 file") from None
-    with f:
-        attrs = {k: to_jsonable(v) for k, v in f.attrs.items()}
-        if attrs.get("complete") is False or attrs.get("complete") == 0:
-            raise bad("the feature file is marked incomplete (interrupted write?)")
-        ds = local_dataset(f, "features", required=True)
-        if ds.ndim != 2:
-            raise bad(f"`features` must be 2-D (N, d), got shape {ds.shape}")
-        n, d = ds.shape
-        if d != feature_dim:
-            raise bad(f"features have dimension {d}, but this model expects {feature_dim}")
-        if n == 0:
-            raise bad("`features` holds no tiles")
-        if n > max_rows:
-            raise bad(f"{n} tiles exceed the limit of {max_rows} (server setting SLIDEMIL_MAX_FEATURE_ROWS)")
-        if ds.dtype.kind not in "fiu":
-            raise bad(f"`features` must be numeric, got {ds.dtype}")
-        feats = np.asarray(ds[...], dtype=np.float32)
-        if not np.isfinite(feats).all():
-            raise bad("`features` contains NaN or infinite values")
-        cds = local_dataset(f, "coords", required=False)
-        coords = None
-        if cds is not None:
-            if cds.shape != (n, 2) or cds.dtype.kind not in "iuf":
-                raise bad(f"`coords` must be numeric (N, 2) = ({n}, 2), got {cds.shape}")
-            coords = np.asarray(cds[...]).astype(np.int64)
-    return feats, coords, attrs
+        layer = read_feature_layer(path, max_rows=max_rows)
+    except LayerTooLarge as exc:
+        raise ServingError(400, "bad_feature_file",
+                           f"{name}: {exc.problem} (server setting SLIDEMIL_MAX_FEATURE_ROWS)") from None
+    except LayerError as exc:
+        raise ServingError(400, "bad_feature_file", f"{name}: {exc.problem}") from None
+    if layer.feature_dim != feature_dim:
+        raise ServingError(400, "bad_feature_file", f"{name}: features have dimension {layer.feature_dim}, "
+                           f"but this model expects {feature_dim}")
+    if len(layer) == 0:
+        raise ServingError(400, "bad_feature_file", f"{name}: the feature file holds no tiles")
+    return layer.features, layer.coords, {k: to_jsonable(v) for k, v in layer.attrs.items()}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slidemil.features.store import write_features
+from slidemil.store import write_features
 from slidemil.training.data import CachedSource, feature_file_source
 
 CLASSES = ["normal", "tumour"]

@@ -187,8 +187,6 @@ def _thumbnail(seed: int) -> np.ndarray:
 
 
 def _write_slides(root: Path, facts: dict) -> None:
-    import h5py
-
     from slidemil.evaluation.heatmap import (
         HeatmapParams,
         ranked_indices,
@@ -196,7 +194,9 @@ def _write_slides(root: Path, facts: dict) -> None:
         with_colorbar,
     )
     from slidemil.evaluation.tile_geojson import tiles_to_geojson
+    from slidemil.slides.geometry import TileGeometry
     from slidemil.slides.masks import rasterize_polygons
+    from slidemil.store import TileSetLayer, write_tile_sets
     from slidemil.utils.atomic import write_png_atomic
     from slidemil.utils.geojson import write_geojson
 
@@ -220,9 +220,9 @@ def _write_slides(root: Path, facts: dict) -> None:
         write_png_atomic(data / "qc" / f"{slide}.png", qc)
         if slide not in HEATMAP_SLIDES:
             continue
-        with h5py.File(data / "tiles" / f"{slide}.h5", "w") as f:
-            f.create_dataset("coords", data=coords)
-            f.attrs.update({"width": SLIDE_DIMS[0], "height": SLIDE_DIMS[1], "complete": True})
+        geometry = TileGeometry(TILE_L0, 0.5, 0.5, 0, 1.0, TILE_L0, TILE_L0, TILE_L0)
+        tiles = TileSetLayer("tiles", slide, f"{slide}.svs", coords, geometry, np.ones(len(coords), np.float32))
+        write_tile_sets(data / "tiles" / f"{slide}.h5", [tiles], attrs={"width": SLIDE_DIMS[0], "height": SLIDE_DIMS[1]})
         rng = np.random.default_rng(10 + k)
         hot = np.array([2600.0, 1300.0]) if k == 0 else np.array([1500.0, 1800.0])
         scores = np.exp(-((coords + TILE_L0 / 2 - hot) ** 2).sum(1) / (2 * 450.0**2)) + 0.03 * rng.normal(size=len(coords))
@@ -530,6 +530,18 @@ def test_recomposited_heatmap_equals_the_stage_image(dashboard_project):
     ys, xs = np.nonzero(changed)
     r = ((xs - 256) / 175.0) ** 2 + ((ys - 192) / 125.0) ** 2  # the ellipse at thumbnail scale
     assert changed.sum() > 500 and np.all(np.abs(r - 1) < 0.06)
+
+
+def test_slide_size_comes_from_the_tile_store(dashboard_project, monkeypatch):
+    from dashboard import data_access as da
+
+    monkeypatch.setenv("SLIDEMIL_PROJECT_ROOT", str(dashboard_project["root"]))
+    project = da.get_project()
+    assert da.tile_store_dims(project, "s00") == SLIDE_DIMS
+    assert da.tile_store_dims(project, "missing") is None
+    broken = dashboard_project["root"] / "data" / "tiles" / "broken.h5"
+    broken.write_bytes(b"half a file")
+    assert da.tile_store_dims(project, "broken") is None
 
 
 def test_resolve_geometry_fallbacks():

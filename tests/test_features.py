@@ -1,4 +1,4 @@
-"""Feature extraction on a real slide: exact per-tile features, worker invariance, resume, failures, the store."""
+"""Feature extraction on a real slide: exact per-tile features, worker invariance, resume, failures, tile sets."""
 
 from __future__ import annotations
 
@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from slidemil.data.tile_store import TileSet, read_tiles, write_tiles
 from slidemil.encoders import build_encoder
-from slidemil.features import (
-    FeatureExtractionError,
-    extract_many,
-    extract_slide_features,
-    feature_dir,
-    list_feature_files,
-    read_features,
-    write_features,
-)
+from slidemil.features import FeatureExtractionError, extract_many, extract_slide_features
 from slidemil.slides.backends import open_slide
+from slidemil.store import TileSetLayer, read_feature_layer, read_tile_set, versions, write_tile_sets
 
 N_TILES = 20
 TILE_PX = 224
@@ -46,12 +38,17 @@ def _tissue_coords(reader, geometry, n: int) -> np.ndarray:
     return np.array(keep, dtype=np.int64)[idx]
 
 
-def _write_tile_file(path: Path, slide: Path, coords: np.ndarray, geometry, mpp: float, config_hash="cfg-1"):
-    attrs = {"config_hash": config_hash, "slide_mpp": mpp, "width": 2220, "height": 2967}
+def _write_tile_file(path: Path, slide: Path, coords: np.ndarray, geometry, config_hash="cfg-1", parents=None):
     # the tile store names files by slide id: data/tiles/<slide_id>.h5
-    write_tiles(
-        path, TileSet(path.stem, str(slide), coords, geometry, np.ones(len(coords), np.float32), attrs)
-    )
+    tiles = TileSetLayer("tiles", path.stem, str(slide), coords, geometry, np.ones(len(coords), np.float32))
+    sets = [tiles] if parents is None else [tiles, parents]
+    write_tile_sets(path, sets, attrs={"width": 2220, "height": 2967}, resume_key=config_hash)
+
+
+def read_features(path: Path, tile_set: str = "tiles"):
+    """``(features, coords, attrs)`` of a feature file, read by the store's one checked reader."""
+    layer = read_feature_layer(path, tile_set)
+    return layer.features, layer.coords, layer.attrs
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +65,7 @@ def cmu(slides_dir, tmp_path_factory):
     sats = [cv2.cvtColor(t, cv2.COLOR_RGB2HSV)[..., 1].mean() for t in tiles]
     assert tiles.shape == (N_TILES, TILE_PX, TILE_PX, 3) and min(sats) > MIN_SATURATION / 2
     tile_h5 = root / "tiles" / f"{slide.stem}.h5"
-    _write_tile_file(tile_h5, slide, coords, geometry, mpp)
+    _write_tile_file(tile_h5, slide, coords, geometry)
     return {
         "root": root,
         "slide": slide,
@@ -94,9 +91,10 @@ def extracted(cmu, encoder):
 def test_features_equal_direct_encoding_of_each_tile(cmu, encoder, extracted):
     out, stats = extracted
     assert stats.n_tiles == N_TILES and not stats.skipped and stats.tiles_per_s > 0
-    feats, coords, attrs = read_features(out)
-    assert feats.shape == (N_TILES, 512) and feats.dtype == np.float32
-    np.testing.assert_array_equal(coords, read_tiles(cmu["tile_h5"]).coords)
+    layer = read_feature_layer(out, tiles=read_tile_set(cmu["tile_h5"]))  # linked to exactly these tiles
+    feats, coords, attrs = layer.features, layer.coords, layer.attrs
+    assert feats.shape == (N_TILES, 512) and feats.dtype == np.float32 and layer.encoder_id == "resnet18"
+    np.testing.assert_array_equal(coords, read_tile_set(cmu["tile_h5"]).coords)
     direct = encoder.embed(torch.from_numpy(cmu["tiles"])).numpy()
     np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-5)
     assert len({f.tobytes() for f in feats}) == N_TILES  # no duplicated or shuffled-in rows
@@ -123,10 +121,10 @@ def test_two_workers_give_identical_features(cmu, encoder, extracted):
     np.testing.assert_array_equal(c0, c2)
 
 
-def test_resume_skips_matching_output_and_redoes_changed_weights(cmu, encoder, extracted, tmp_path):
-    coords = read_tiles(cmu["tile_h5"]).coords[:6]
+def test_resume_skips_matching_output_and_redoes_changed_weights(cmu, encoder, extracted, tmp_path, monkeypatch):
+    coords = read_tile_set(cmu["tile_h5"]).coords[:6]
     tile_h5 = tmp_path / "tiles" / "CMU-1-Small-Region.h5"
-    _write_tile_file(tile_h5, cmu["slide"], coords, cmu["geometry"], cmu["mpp"])
+    _write_tile_file(tile_h5, cmu["slide"], coords, cmu["geometry"])
     out = tmp_path / "features" / "CMU-1-Small-Region.h5"
     first = extract_slide_features(tile_h5, encoder, out, progress=False)
     mtime = out.stat().st_mtime_ns
@@ -142,10 +140,42 @@ def test_resume_skips_matching_output_and_redoes_changed_weights(cmu, encoder, e
     assert not np.allclose(feats, read_features(extracted[0])[0][:6])
 
     # a new tiling config for the same slide also invalidates the features
-    _write_tile_file(tile_h5, cmu["slide"], coords, cmu["geometry"], cmu["mpp"], config_hash="cfg-2")
+    _write_tile_file(tile_h5, cmu["slide"], coords, cmu["geometry"], config_hash="cfg-2")
     assert not extract_slide_features(tile_h5, other, out, progress=False).skipped
     assert read_features(out)[2]["tile_config_hash"] == "cfg-2"
     assert extract_slide_features(tile_h5, other, out, progress=False).skipped
+
+    # so does a change of the extraction code (the encoders, tile reading, the writer)
+    monkeypatch.setattr(versions, "feature_code_version", lambda: "edited-extract-code")
+    assert not extract_slide_features(tile_h5, other, out, progress=False).skipped
+    assert read_features(out)[2]["code_version"] == "edited-extract-code"
+    assert extract_slide_features(tile_h5, other, out, progress=False).skipped
+
+
+def test_parents_tile_set_is_encoded_into_its_own_group(cmu, encoder, extracted, tmp_path):
+    """``tile_sets=("tiles", "parents")``: one file, one group per set, each row the encoding of its tile."""
+    tiles = read_tile_set(cmu["tile_h5"])
+    with open_slide(cmu["slide"]) as reader:
+        pgeom = tiles.geometry.coarser(2, reader.level_downsamples)
+        pcoords = tiles.coords[:3] // pgeom.level0_px * pgeom.level0_px
+        ptiles = np.stack([reader.read_tile(tuple(c), pgeom) for c in pcoords])
+    children = np.full((3, 4), -1, np.int64)
+    parents = TileSetLayer("parents", tiles.slide_id, tiles.slide_path, pcoords, pgeom, np.ones(3, np.float32),
+                           children=children)
+    tile_h5 = tmp_path / "tiles" / "CMU-1-Small-Region.h5"
+    _write_tile_file(tile_h5, cmu["slide"], tiles.coords[:4], cmu["geometry"], parents=parents)
+    out = tmp_path / "features" / "CMU-1-Small-Region.h5"
+    st = extract_slide_features(tile_h5, encoder, out, tile_sets=("tiles", "parents"), progress=False)
+    assert st.n_tiles == 4 + 3
+    feats = read_feature_layer(out, "parents", tiles=read_tile_set(tile_h5, "parents"))
+    assert feats.attrs["level0_px"] == 2 * cmu["geometry"].level0_px and feats.attrs["tile_set"] == "parents"
+    np.testing.assert_allclose(feats.features, encoder.embed(torch.from_numpy(ptiles)).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(read_features(out)[0], read_features(extracted[0])[0][:4], rtol=1e-4, atol=1e-5)
+    # the same tile sets again: up to date; another list of tile sets is another output, so re-encoded
+    assert extract_slide_features(tile_h5, encoder, out, tile_sets=("tiles", "parents"), progress=False).skipped
+    assert not extract_slide_features(tile_h5, encoder, out, progress=False).skipped
+    with pytest.raises(ValueError, match="no features for tile set 'parents'"):
+        read_feature_layer(out, "parents")
 
 
 def test_unfinished_output_is_redone(cmu, encoder, tmp_path):
@@ -153,9 +183,9 @@ def test_unfinished_output_is_redone(cmu, encoder, tmp_path):
     with h5py.File(out, "w") as f:  # what a killed run without atomic writes would leave
         f.create_dataset("features", data=np.zeros((N_TILES, 512), np.float32))
         f.attrs["encoder"] = "resnet18"
-    coords = read_tiles(cmu["tile_h5"]).coords[:4]
+    coords = read_tile_set(cmu["tile_h5"]).coords[:4]
     small = tmp_path / "small.h5"
-    _write_tile_file(small, cmu["slide"], coords, cmu["geometry"], cmu["mpp"])
+    _write_tile_file(small, cmu["slide"], coords, cmu["geometry"])
     st = extract_slide_features(small, encoder, out, progress=False)
     assert not st.skipped
     feats, _, attrs = read_features(out)
@@ -165,7 +195,7 @@ def test_unfinished_output_is_redone(cmu, encoder, tmp_path):
 
 def test_slide_without_tiles_writes_flagged_empty_file(cmu, encoder, tmp_path):
     empty = tmp_path / "empty.h5"
-    _write_tile_file(empty, cmu["slide"], np.zeros((0, 2), np.int64), cmu["geometry"], cmu["mpp"])
+    _write_tile_file(empty, cmu["slide"], np.zeros((0, 2), np.int64), cmu["geometry"])
     st = extract_slide_features(empty, encoder, tmp_path / "out" / "empty.h5", progress=False)
     assert st.n_tiles == 0
     feats, coords, attrs = read_features(tmp_path / "out" / "empty.h5")
@@ -175,9 +205,9 @@ def test_slide_without_tiles_writes_flagged_empty_file(cmu, encoder, tmp_path):
 
 def test_extract_many_continues_past_bad_slides_and_reports_them(cmu, encoder, tmp_path):
     good = tmp_path / "tiles" / "good.h5"
-    _write_tile_file(good, cmu["slide"], read_tiles(cmu["tile_h5"]).coords[:3], cmu["geometry"], cmu["mpp"])
+    _write_tile_file(good, cmu["slide"], read_tile_set(cmu["tile_h5"]).coords[:3], cmu["geometry"])
     missing_slide = tmp_path / "tiles" / "gone.h5"
-    _write_tile_file(missing_slide, tmp_path / "gone.svs", np.array([[0, 0]]), cmu["geometry"], cmu["mpp"])
+    _write_tile_file(missing_slide, tmp_path / "gone.svs", np.array([[0, 0]]), cmu["geometry"])
     garbage = tmp_path / "tiles" / "garbage.h5"
     garbage.write_bytes(b"not hdf5")
     out_dir = tmp_path / "features"
@@ -193,20 +223,4 @@ def test_extract_many_continues_past_bad_slides_and_reports_them(cmu, encoder, t
 
     again = extract_many(files, encoder, out_dir, progress=False, allow_failures=True)
     assert again.stats[0].skipped and set(again.failures) == {"gone", "garbage"}
-    assert list_feature_files(out_dir) == {"good": out_dir / "good.h5"}
-
-
-def test_store_lists_only_finished_files_and_sanitises_encoder_dirs(tmp_path):
-    folder = feature_dir(tmp_path, "timm:vit_small_patch16_224.dino")
-    assert folder == tmp_path / "timm-vit_small_patch16_224.dino"
-    write_features(folder / "a.h5", np.ones((2, 4)), np.array([[0, 0], [1, 1]]), {"slide_id": "a"})
-    with h5py.File(folder / "b.h5", "w") as f:
-        f.attrs["slide_id"] = "b"  # unfinished
-    (folder / ".a.h5.xyz.h5.tmp").write_bytes(b"")
-    assert list_feature_files(folder) == {"a": folder / "a.h5"}
-    assert set(list_feature_files(folder, include_incomplete=True)) == {"a", "b"}
-    with pytest.raises(ValueError, match="incomplete"):
-        read_features(folder / "b.h5")
-    with pytest.raises(ValueError, match=r"\(N, d\)"):
-        write_features(folder / "c.h5", np.ones((3, 4)), np.zeros((2, 2)), {})
-    assert not (folder / "c.h5").exists()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["good.h5"]  # failures leave nothing behind

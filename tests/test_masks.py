@@ -9,8 +9,8 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
+from slidemil.data.tile_batch import SlideJob, TileOutputs, tile_one
 from slidemil.slides.backends import open_slide
-from slidemil.slides.batch import SlideJob, TileOutputs, tile_one
 from slidemil.slides.masks import MaskCoverage, rasterize_polygons, to_mask_px
 from slidemil.slides.tiling import TilingParams
 from slidemil.slides.tissue import TissueParams, segment_tissue

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from slidemil.data.manifest import read_manifest
-from slidemil.data.tile_store import is_complete, read_tiles
-from slidemil.slides.batch import SlideJob, TileOutputs, tile_slides
+from slidemil.data.tile_batch import SlideJob, TileOutputs, tile_slides
 from slidemil.slides.tiling import TilingParams
 from slidemil.slides.tissue import TissueParams
+from slidemil.store import read_layer_attrs, read_tile_set
 
 TILING = TilingParams(tile_px=128, target_mpp=0.5)
 
@@ -35,8 +35,8 @@ def _run_script(demo: Path, root: Path) -> str:
     return textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from slidemil.slides import batch
-        from slidemil.slides.batch import tile_one, tile_slides
+        from slidemil.data import tile_batch as batch
+        from slidemil.data.tile_batch import tile_one, tile_slides
         from slidemil.slides.tiling import TilingParams
         from slidemil.slides.tissue import TissueParams
         from tests.test_resume import _jobs, _outputs
@@ -59,7 +59,8 @@ def test_killed_run_resumes_to_identical_outputs(tmp_path, small_demo):
     assert all(r.status == "done" for r in ref_results)
 
     interrupted = tmp_path / "interrupted"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))  # this checkout's code
     proc = subprocess.Popen([sys.executable, "-c", _run_script(small_demo, interrupted)], env=env)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -71,17 +72,19 @@ def test_killed_run_resumes_to_identical_outputs(tmp_path, small_demo):
     proc.wait()
     finished_before = {p.stem for p in (interrupted / "tiles").glob("*.h5")}
     assert 2 <= len(finished_before) < len(jobs), "the kill must land mid-run"
-    assert all(is_complete(interrupted / "tiles" / f"{s}.h5") for s in finished_before)
+    assert all(read_layer_attrs(interrupted / "tiles" / f"{s}.h5", "tiles")["complete"] for s in finished_before)
 
     results = tile_slides(jobs, TILING, TissueParams(), _outputs(interrupted), workers=2, progress=False)
     status = {r.slide_id: r.status for r in results}
     assert {s for s, st in status.items() if st == "skipped"} == finished_before
     assert all(st in ("done", "skipped") for st in status.values())
     for job in jobs:
-        got = read_tiles(interrupted / "tiles" / f"{job.slide_id}.h5")
-        want = read_tiles(reference / "tiles" / f"{job.slide_id}.h5")
+        got = read_tile_set(interrupted / "tiles" / f"{job.slide_id}.h5")
+        want = read_tile_set(reference / "tiles" / f"{job.slide_id}.h5")
         np.testing.assert_array_equal(got.coords, want.coords)
         assert got.geometry == want.geometry
+        got_p, want_p = (read_tile_set(r / "tiles" / f"{job.slide_id}.h5", "parents") for r in (interrupted, reference))
+        np.testing.assert_array_equal(got_p.children, want_p.children)
         assert (interrupted / "qc" / f"{job.slide_id}.png").exists()
         assert (interrupted / "tissue" / f"{job.slide_id}.geojson").exists()
     leftovers = [p for p in interrupted.rglob(".*.tmp")]

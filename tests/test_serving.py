@@ -267,7 +267,7 @@ def test_only_uploaded_files_are_read(server, inputs):
 
 
 def _write_bag(path: Path, n: int, d: int, weights_id: str, seed: int = 0) -> np.ndarray:
-    from slidemil.features.store import write_features
+    from slidemil.store import write_features
 
     feats = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
     coords = np.stack([np.arange(n) * 224, np.zeros(n)], axis=1).astype(np.int64)
@@ -315,6 +315,43 @@ def test_bad_feature_files(server, store, inputs):
         f["features"] = h5py.ExternalLink(str(wrong), "/features")
     resp = _post_file(server["url"], "predict_features", "features", linked)
     assert resp.status_code == 400 and "link" in _error(resp)["error"]
+
+
+def test_read_bag_is_the_store_reader_under_the_clients_name(tmp_path):
+    """Uploads go through the store's one reader; its refusals name the client's file, not the server's temp."""
+    import h5py
+
+    from serving.service import _read_bag
+    from serving.uploads import ServingError
+
+    good = tmp_path / "private-123.h5"
+    feats = _write_bag(good, 12, 8, "w")
+    got, coords, attrs = _read_bag(good, "bag.h5", 8, 100)
+    np.testing.assert_array_equal(got, feats)
+    assert coords.shape == (12, 2) and attrs["weights_id"] == "w"
+
+    nan = tmp_path / "private-nan.h5"
+    with h5py.File(nan, "w") as f:
+        f["tiles/features"] = np.full((3, 8), np.nan, np.float32)
+        f["tiles/coords"] = np.zeros((3, 2), np.int64)
+        f.attrs.update(kind="features", format_version=2, complete=True)
+    unfinished = tmp_path / "private-unfinished.h5"
+    with h5py.File(unfinished, "w") as f:
+        f["tiles/features"] = np.ones((3, 8), np.float32)
+        f["tiles/coords"] = np.zeros((3, 2), np.int64)
+        f.attrs.update(kind="features", format_version=2)
+    cases = [
+        (good, 16, 100, "dimension 8, but this model expects 16"),
+        (good, 8, 5, "12 tiles exceed the limit of 5 (server setting SLIDEMIL_MAX_FEATURE_ROWS)"),
+        (nan, 8, 100, "NaN or infinite"),
+        (unfinished, 8, 100, "incomplete"),
+    ]
+    for path, dim, rows, message in cases:
+        with pytest.raises(ServingError) as info:
+            _read_bag(path, "bag.h5", dim, rows)
+        err = info.value
+        assert (err.status, err.code) == (400, "bad_feature_file")
+        assert message in err.message and err.message.startswith("bag.h5: ") and "private" not in err.message
 
 
 def test_health_after_bad_inputs(server):

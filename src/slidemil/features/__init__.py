@@ -1,4 +1,4 @@
-"""Tile features per slide: extraction (:mod:`.extract`) and the on-disk store (:mod:`.store`)."""
+"""Tile features per slide: extraction (:mod:`.extract`); the files are feature layers of :mod:`slidemil.store`."""
 
 from slidemil.features.extract import (
     ExtractionStats,
@@ -9,13 +9,6 @@ from slidemil.features.extract import (
     extract_many,
     extract_slide_features,
 )
-from slidemil.features.store import (
-    feature_dir,
-    list_feature_files,
-    read_feature_attrs,
-    read_features,
-    write_features,
-)
 
 __all__ = [
     "ExtractionStats",
@@ -25,9 +18,4 @@ __all__ = [
     "encode_tiles",
     "extract_many",
     "extract_slide_features",
-    "feature_dir",
-    "list_feature_files",
-    "read_feature_attrs",
-    "read_features",
-    "write_features",
 ]

@@ -4,15 +4,14 @@ The usual complaint about feature extraction is an idle accelerator waiting on s
 JPEG decoding happen in DataLoader workers (each opens its own slide reader: readers hold C handles that
 cannot be pickled or shared across processes), tiles travel as uint8 (4x less to copy than float) and
 resizing/normalisation run batched on the encoder's device. Output is streamed into a temporary HDF5 file and
-published atomically, and a slide whose output already matches (same tiles, encoder and weights) is skipped,
-so an interrupted run resumes where it stopped.
+published atomically, and a slide whose output already matches (same tiles, encoder, weights and extraction
+code) is skipped, so an interrupted run resumes where it stopped. Which tile sets are encoded is a parameter
+(``tiles`` by default; multi-scale methods also need ``parents``); they share one file per slide and encoder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import time
@@ -26,17 +25,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from slidemil.data.tile_store import TileSet, read_tiles
 from slidemil.encoders.encoder import Encoder
-from slidemil.features.store import feature_writer, is_complete
 from slidemil.slides.geometry import TileGeometry
 from slidemil.slides.reader import SlideReader
+from slidemil.slides.tile_set import TILES, TileSetLayer
+from slidemil.store import versions
+from slidemil.store.features import KIND as FEATURES_KIND
+from slidemil.store.features import feature_writer
+from slidemil.store.layers import is_current, read_layer_attrs
+from slidemil.store.tile_sets import KIND as TILES_KIND
+from slidemil.store.tile_sets import read_tile_set, tiles_digest
+from slidemil.utils.hashing import config_hash
 
 log = logging.getLogger(__name__)
 
 ReaderFactory = Callable[[str, float], SlideReader]
 #: tile-file attributes copied into the feature file besides the geometry
-_COPIED_TILE_ATTRS = ("slide_path", "width", "height", "backend", "mpp_source")
+_COPIED_TILE_ATTRS = ("width", "height", "backend", "mpp_source")
 
 
 def open_reader(slide_path: str, slide_mpp: float) -> SlideReader:
@@ -69,9 +74,8 @@ class TileDataset(Dataset):
         self._pid: int | None = None
 
     @classmethod
-    def from_tiles(cls, tiles: TileSet, reader_factory: ReaderFactory = open_reader) -> TileDataset:
-        mpp = tiles.attrs.get("slide_mpp", tiles.geometry.slide_mpp)
-        return cls(tiles.slide_path, mpp, tiles.coords, tiles.geometry, reader_factory)
+    def from_tiles(cls, tiles: TileSetLayer, reader_factory: ReaderFactory = open_reader) -> TileDataset:
+        return cls(tiles.slide_path, tiles.geometry.slide_mpp, tiles.coords, tiles.geometry, reader_factory)
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
@@ -209,22 +213,17 @@ def encode_tiles(
     return result
 
 
-def tiles_digest(tiles: TileSet) -> str:
-    """Fingerprint of exactly which pixels will be encoded (coordinates + geometry + slide file)."""
-    h = hashlib.sha256(np.ascontiguousarray(tiles.coords, dtype=np.int64).tobytes())
-    h.update(json.dumps([tiles.geometry.as_attrs(), str(tiles.slide_path)], sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def _match_key(tiles: TileSet, encoder: Encoder) -> dict[str, Any]:
-    """Attributes that must be equal for an existing feature file to be reused."""
-    return {
-        "tile_config_hash": str(tiles.attrs.get("config_hash") or ""),
-        "tiles_digest": tiles_digest(tiles),
+def _resume_key(tile_sets: Sequence[TileSetLayer], tile_key: str, encoder: Encoder) -> tuple[str, dict]:
+    """The resume key of a feature file, and the readable parts it is made of (stored as attributes too)."""
+    parts = {
+        "tile_config_hash": tile_key,
         "encoder": encoder.name,
         "weights_id": encoder.weights_id,
         "feature_dim": encoder.feature_dim,
+        "code_version": versions.feature_code_version(),
     }
+    digests = {t.name: tiles_digest(t) for t in tile_sets}
+    return config_hash(parts, digests), parts
 
 
 def extract_slide_features(
@@ -232,6 +231,7 @@ def extract_slide_features(
     encoder: Encoder,
     out_h5: str | os.PathLike,
     *,
+    tile_sets: Sequence[str] = (TILES,),
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device = "auto",
@@ -240,58 +240,54 @@ def extract_slide_features(
     overwrite: bool = False,
     reader_factory: ReaderFactory = open_reader,
 ) -> ExtractionStats:
-    """Encode every tile of one tile file into ``out_h5`` (see :mod:`slidemil.features.store` for the layout).
+    """Encode every tile of the named ``tile_sets`` of one tile file into ``out_h5`` (one group per set; see
+    :mod:`slidemil.store.features` for the layout).
 
-    Skips (``skipped=True``) when ``out_h5`` is complete and was made from the same tiles with the same encoder
-    and weights, unless ``overwrite``. A slide with no tiles gets an empty (0, d) file flagged ``empty=True``.
+    Skips (``skipped=True``) when ``out_h5`` is complete and was made from the same tiles with the same encoder,
+    weights and extraction code, unless ``overwrite``. A tile set with no tiles gets an empty (0, d) group
+    flagged ``empty=True``. ``n_tiles`` counts the tiles of every set encoded.
     """
-    tiles = read_tiles(tile_h5)
-    key = _match_key(tiles, encoder)
+    if not tile_sets or len(set(tile_sets)) != len(tile_sets):
+        raise ValueError(f"tile_sets must name distinct tile sets, got {list(tile_sets)}")
+    sets = [read_tile_set(tile_h5, name) for name in tile_sets]
+    slide = read_layer_attrs(tile_h5, TILES_KIND)
+    slide_id = str(slide["slide_id"])
+    key, parts = _resume_key(sets, str(slide.get("resume_key", "")), encoder)
+    n_total = sum(len(t) for t in sets)
     out_h5 = Path(out_h5)
-    if not overwrite and is_complete(out_h5, **key):
-        log.info("%s: features up to date in %s, skipping", tiles.slide_id, out_h5)
-        return ExtractionStats(len(tiles), 0.0, 0.0, tiles.slide_id, skipped=True, out_path=str(out_h5))
+    if not overwrite and is_current(out_h5, key, FEATURES_KIND):
+        log.info("%s: features up to date in %s, skipping", slide_id, out_h5)
+        return ExtractionStats(n_total, 0.0, 0.0, slide_id, skipped=True, out_path=str(out_h5))
 
     dev = resolve_device(device)
-    attrs: dict[str, Any] = {**encoder.describe(), **tiles.geometry.as_attrs()}
-    attrs.update({k: tiles.attrs[k] for k in _COPIED_TILE_ATTRS if k in tiles.attrs})
-    attrs.update(key)
+    attrs: dict[str, Any] = {**encoder.describe(), **parts}
+    attrs.update({k: slide[k] for k in _COPIED_TILE_ATTRS if k in slide})
     attrs.update(
-        slide_id=tiles.slide_id,
+        slide_id=slide_id,
+        slide_path=str(slide["slide_path"]),
         tile_file=str(tile_h5),
-        empty=len(tiles) == 0,
         device=dev.type,
         precision="float16-autocast" if (dev.type == "cuda" and amp) else "float32",
     )
-    if len(tiles) == 0:
-        log.warning(
-            "%s: tile file has no tiles; writing an empty (0, %d) feature file",
-            tiles.slide_id,
-            encoder.feature_dim,
-        )
-
-    dataset = TileDataset.from_tiles(tiles, reader_factory)
     start = time.perf_counter()
-    try:
-        with feature_writer(out_h5, tiles.coords, encoder.feature_dim, attrs) as ds:
-            if len(tiles):
-                encode_tiles(
-                    dataset,
-                    encoder,
-                    batch_size=batch_size,
-                    num_workers=num_workers,
-                    device=dev,
-                    amp=amp,
-                    progress=progress,
-                    out=ds,
-                    desc=tiles.slide_id,
-                )
-    finally:
-        dataset.close()
+    with feature_writer(out_h5, attrs, resume_key=key) as writer:
+        for tiles in sets:
+            group = {**tiles.geometry.as_attrs(), "tile_set": tiles.name, "tiles_digest": tiles_digest(tiles)}
+            ds = writer.tile_set(tiles.name, tiles.coords, encoder.feature_dim, group)
+            if len(tiles) == 0:
+                log.warning("%s: tile set %r has no tiles; writing an empty (0, %d) group",
+                            slide_id, tiles.name, encoder.feature_dim)
+                continue
+            dataset = TileDataset.from_tiles(tiles, reader_factory)
+            try:
+                encode_tiles(dataset, encoder, batch_size=batch_size, num_workers=num_workers, device=dev,
+                             amp=amp, progress=progress, out=ds, desc=f"{slide_id}/{tiles.name}")
+            finally:
+                dataset.close()
     seconds = time.perf_counter() - start
-    rate = len(tiles) / seconds if seconds > 0 else 0.0
-    log.info("%s: %d tiles in %.1f s (%.1f tiles/s) -> %s", tiles.slide_id, len(tiles), seconds, rate, out_h5)
-    return ExtractionStats(len(tiles), seconds, rate, tiles.slide_id, out_path=str(out_h5))
+    rate = n_total / seconds if seconds > 0 else 0.0
+    log.info("%s: %d tiles in %.1f s (%.1f tiles/s) -> %s", slide_id, n_total, seconds, rate, out_h5)
+    return ExtractionStats(n_total, seconds, rate, slide_id, out_path=str(out_h5))
 
 
 def extract_many(

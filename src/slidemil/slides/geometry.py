@@ -9,7 +9,7 @@ proportionally larger or smaller region there and resizes it to ``tile_px``. The
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 # Levels whose mpp is within this relative tolerance of the target count as "exact" (scanners report
 # e.g. 0.2527 um/px for "40x"; a 1% slack avoids reading level 0 when level 1 is 0.5054 for 0.5 target).
@@ -73,6 +73,30 @@ class TileGeometry:
             read_px=read_px,
             level0_px=level0_px,
             level0_stride=max(1, round(stride_px * scale)),
+        )
+
+    def coarser(self, factor: int, level_downsamples: Sequence[float]) -> TileGeometry:
+        """Geometry of ``tile_px`` tiles ``factor`` x coarser that cover exactly ``factor`` x ``factor`` of these.
+
+        Planned like any tile geometry at ``factor * target_mpp`` (so the read level is chosen the same way),
+        then the footprint is snapped to ``factor * level0_px``: a planned footprint can round to a pixel or two
+        more or less, and then parents would drift off the grid of their children. The effective mpp thus is
+        exactly ``factor`` x the tiles' effective mpp.
+        """
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        planned = TileGeometry.plan(
+            tile_px=self.tile_px,
+            target_mpp=self.target_mpp * factor,
+            slide_mpp=self.slide_mpp,
+            level_downsamples=level_downsamples,
+        )
+        level0_px = factor * self.level0_px
+        return replace(
+            planned,
+            level0_px=level0_px,
+            level0_stride=factor * self.level0_stride,
+            read_px=max(1, round(level0_px / planned.read_downsample)),
         )
 
     def as_attrs(self) -> dict[str, float | int]:

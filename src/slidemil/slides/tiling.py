@@ -1,4 +1,4 @@
-"""Tile-grid planning at a physical resolution, and the multi-scale parent -> children index.
+"""Tile-grid planning at a physical resolution: the ``tiles`` set and the multi-scale ``parents`` set.
 
 Tiles are laid on a global level-0 grid anchored at (0, 0) with the physical stride; a tile is kept when its
 tissue coverage is >= ``min_tissue``. Only the low-resolution tissue mask is touched here; no pixels of the
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slidemil.data.tile_store import MultiScaleIndex, TileSet
 from slidemil.slides.geometry import TileGeometry
 from slidemil.slides.reader import SlideReader
+from slidemil.slides.tile_set import PARENTS, TILES, TileSetLayer
 from slidemil.slides.tissue import TissueSegmentation
 
 
@@ -56,74 +56,78 @@ def grid_positions(width: int, height: int, size: int, stride: int) -> tuple[np.
     return gx.ravel(), gy.ravel()
 
 
-def plan_tiles(
-    reader: SlideReader,
-    segmentation: TissueSegmentation,
-    params: TilingParams,
-    *,
-    extra_attrs: dict | None = None,
-) -> TileSet:
-    """Choose the tiles of one slide (coordinates + geometry + optional multi-scale index)."""
-    geometry = reader.tile_geometry(params.tile_px, params.target_mpp, params.stride_px)
+def slide_attrs(reader: SlideReader, segmentation: TissueSegmentation) -> dict:
+    """Slide-level facts stored at the root of the tile file (the same for every tile set)."""
     width, height = reader.dimensions
-    xs, ys = grid_positions(width, height, geometry.level0_px, geometry.level0_stride)
-    coverage = segmentation.coverage(xs, ys, geometry.level0_px) if xs.size else np.zeros(0)
-    keep = coverage >= params.min_tissue
-    coords = np.stack([xs[keep], ys[keep]], axis=1) if keep.any() else np.zeros((0, 2), np.int64)
-    multiscale = None
-    if params.multiscale_factor and (params.stride_px in (None, params.tile_px)):
-        multiscale = _multiscale_index(coords, segmentation, geometry, params, width, height)
-    attrs = {
+    return {
         "width": width,
         "height": height,
         "backend": reader.backend,
         "mpp_source": reader.mpp_source,
         "objective_power": reader.objective_power or 0.0,
-        "min_tissue": params.min_tissue,
         "tissue_fraction": float(segmentation.tissue_fraction),
     }
-    attrs.update(extra_attrs or {})
-    return TileSet(
+
+
+def plan_tiles(reader: SlideReader, segmentation: TissueSegmentation, params: TilingParams) -> TileSetLayer:
+    """The ``tiles`` set of one slide: ``tile_px`` tiles at ``target_mpp`` with >= ``min_tissue`` tissue."""
+    geometry = reader.tile_geometry(params.tile_px, params.target_mpp, params.stride_px)
+    return _grid_set(TILES, reader, segmentation, geometry, params.min_tissue, {})
+
+
+def plan_parents(
+    reader: SlideReader, segmentation: TissueSegmentation, params: TilingParams, tiles: TileSetLayer
+) -> TileSetLayer | None:
+    """The ``parents`` set: ``tile_px`` tiles ``s`` x coarser, each covering s x s children of ``tiles``.
+
+    None when multi-scale is off, or with overlapping tiles (children would not tile a parent). Parents keep
+    the tissue rule on their own footprint; ``children[p, j * s + i]`` is the index in ``tiles`` of the child
+    at level-0 ``(X + i * c, Y + j * c)`` (``c`` the child footprint), or -1 where that child was dropped.
+    Everything is in level-0 pixels, so the relation never depends on which pyramid levels a scanner wrote.
+    """
+    s = params.multiscale_factor
+    if not s or params.stride_px not in (None, params.tile_px):
+        return None
+    geometry = tiles.geometry.coarser(s, reader.level_downsamples)
+    parents = _grid_set(PARENTS, reader, segmentation, geometry, params.min_tissue,
+                        {"scale_factor": s, "children_of": TILES})
+    c = tiles.geometry.level0_px
+    lookup = {(int(x), int(y)): i for i, (x, y) in enumerate(tiles.coords)}
+    children = np.full((len(parents), s * s), -1, dtype=np.int64)
+    for p, (X, Y) in enumerate(parents.coords):
+        for j in range(s):
+            for i in range(s):
+                children[p, j * s + i] = lookup.get((int(X) + i * c, int(Y) + j * c), -1)
+    parents.children = children
+    return parents
+
+
+def plan_tile_sets(reader: SlideReader, segmentation: TissueSegmentation, params: TilingParams) -> list[TileSetLayer]:
+    """Every tile set the tile stage stores for a slide: ``tiles``, then ``parents`` when multi-scale is on."""
+    tiles = plan_tiles(reader, segmentation, params)
+    parents = plan_parents(reader, segmentation, params, tiles)
+    return [tiles] if parents is None else [tiles, parents]
+
+
+def _grid_set(
+    name: str,
+    reader: SlideReader,
+    segmentation: TissueSegmentation,
+    geometry: TileGeometry,
+    min_tissue: float,
+    attrs: dict,
+) -> TileSetLayer:
+    width, height = reader.dimensions
+    xs, ys = grid_positions(width, height, geometry.level0_px, geometry.level0_stride)
+    coverage = segmentation.coverage(xs, ys, geometry.level0_px) if xs.size else np.zeros(0)
+    keep = coverage >= min_tissue
+    coords = np.stack([xs[keep], ys[keep]], axis=1) if keep.any() else np.zeros((0, 2), np.int64)
+    return TileSetLayer(
+        name=name,
         slide_id=reader.slide_id,
         slide_path=str(reader.path),
         coords=coords.astype(np.int64),
         geometry=geometry,
         tissue_coverage=coverage[keep].astype(np.float32),
-        attrs=attrs,
-        multiscale=multiscale,
-    )
-
-
-def _multiscale_index(
-    coords: np.ndarray,
-    segmentation: TissueSegmentation,
-    geometry: TileGeometry,
-    params: TilingParams,
-    width: int,
-    height: int,
-) -> MultiScaleIndex:
-    """Parents cover s x s children of the same pixel size at s x coarser mpp, computed in physical units.
-
-    Parent p at level-0 (X, Y) has child (i, j) at (X + i * c, Y + j * c) with c the child footprint, so the
-    mapping never depends on which pyramid levels a scanner happened to write.
-    """
-    s = params.multiscale_factor
-    child = geometry.level0_px
-    parent = s * child
-    pxs, pys = grid_positions(width, height, parent, parent)
-    cov = segmentation.coverage(pxs, pys, parent) if pxs.size else np.zeros(0)
-    keep = cov >= params.min_tissue
-    pxs, pys = pxs[keep], pys[keep]
-    lookup = {(int(x), int(y)): i for i, (x, y) in enumerate(coords)}
-    children = np.full((pxs.size, s * s), -1, dtype=np.int64)
-    for p, (X, Y) in enumerate(zip(pxs, pys, strict=True)):
-        for j in range(s):
-            for i in range(s):
-                children[p, j * s + i] = lookup.get((int(X + i * child), int(Y + j * child)), -1)
-    return MultiScaleIndex(
-        scale_factor=s,
-        parent_target_mpp=params.target_mpp * s,
-        parent_level0_px=parent,
-        parent_coords=np.stack([pxs, pys], axis=1) if pxs.size else np.zeros((0, 2), np.int64),
-        children=children,
+        attrs={"min_tissue": min_tissue, **attrs},
     )

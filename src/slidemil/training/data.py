@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from slidemil.methods import Method, SlideData, TileSetView
+from slidemil.store import SlideStore
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,30 @@ class CachedSource:
         return self._cache[slide_id]
 
 
-def feature_file_source(paths: Mapping[str, str | Path], tile_sets: Sequence[str] = ("tiles",)) -> CachedSource:
-    """A source over per-slide feature files (one per slide, as the features stage writes them)."""
-    from slidemil.features.store import read_features
+def store_source(store: SlideStore, tile_sets: Sequence[str] = ("tiles",)) -> CachedSource:
+    """A source over the pipeline's store: each tile set's geometry (and children) from the tile file, its
+    features from the feature file, checked to be the encoding of exactly those tiles."""
 
     def load(slide_id: str) -> SlideData:
-        if tuple(tile_sets) != ("tiles",):
-            raise ValueError(f"feature files hold the 'tiles' set only, asked for {list(tile_sets)}")
-        feats, coords, attrs = read_features(paths[slide_id])
-        view = TileSetView(coords, int(attrs.get("level0_px", 0)))
-        return SlideData(slide_id, None, {"tiles": view}, {"tiles": feats})
+        views, feats = {}, {}
+        for name in tile_sets:
+            tiles = store.tile_set(slide_id, name)
+            views[name] = TileSetView(tiles.coords, int(tiles.geometry.level0_px), tiles.children)
+            feats[name] = store.features(slide_id, name).features
+        return SlideData(slide_id, None, views, feats)
+
+    return CachedSource(load)
+
+
+def feature_file_source(paths: Mapping[str, str | Path]) -> CachedSource:
+    """A ``tiles``-only source over feature files alone (no tile files: tests, feature uploads, benchmarks);
+    the tile footprint comes from the geometry the features stage copies into the file."""
+    from slidemil.store import read_feature_layer
+
+    def load(slide_id: str) -> SlideData:
+        layer = read_feature_layer(paths[slide_id], "tiles")
+        view = TileSetView(layer.coords, int(layer.attrs.get("level0_px") or 0))
+        return SlideData(slide_id, None, {"tiles": view}, {"tiles": layer.features})
 
     return CachedSource(load)
 

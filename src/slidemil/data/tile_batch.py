@@ -1,8 +1,9 @@
 """Tile many slides: one process per slide, skip what is done, keep going past a bad slide.
 
-Per slide the outputs are the tissue GeoJSON, the QC thumbnail and the tile HDF5. The HDF5 is written last
-and carries a config hash, so a slide counts as done only when all three exist and were made with the same
-settings; an interrupted run resumes where it stopped.
+Per slide the outputs are the tissue GeoJSON, the QC thumbnail and the tile file (the slide's tile sets, see
+:mod:`slidemil.store.tile_sets`). The tile file is written last and carries a resume key (settings, the
+slide's identity and the tiling code's version), so a slide counts as done only when all three exist and were
+made by the same settings and code from the same slide file; an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slidemil.data.tile_store import is_complete, write_tiles
 from slidemil.slides.backends import open_slide
 from slidemil.slides.errors import NoTissueError, SlideError
-from slidemil.slides.tiling import TilingParams, plan_tiles
+from slidemil.slides.tiling import TilingParams, plan_tile_sets, slide_attrs
 from slidemil.slides.tissue import TissueParams, segment_tissue
 from slidemil.slides.tissue_qc import contours_to_geojson, draw_qc
+from slidemil.store import versions
+from slidemil.store.layers import is_current, read_layer_attrs, rewrite_attrs
+from slidemil.store.tile_sets import KIND as TILES_KIND
+from slidemil.store.tile_sets import write_tile_sets
 from slidemil.utils.atomic import remove_stale_temps, write_png_atomic
 from slidemil.utils.geojson import write_geojson
 from slidemil.utils.hashing import config_hash
@@ -68,8 +72,17 @@ class SlideResult:
     error: str = ""
 
 
-def job_hash(job: SlideJob, tiling: TilingParams, tissue: TissueParams) -> str:
-    return config_hash(tiling, tissue, str(Path(job.path).resolve()), job.mpp, job.default_mpp)
+def resume_key(job: SlideJob, tiling: TilingParams, tissue: TissueParams) -> str:
+    """Settings + slide identity (id, size, content edges; not its path) + the tiling code's version."""
+    return config_hash(
+        tiling,
+        tissue,
+        job.slide_id,
+        versions.slide_fingerprint(job.path),
+        job.mpp,
+        job.default_mpp,
+        versions.tile_code_version(),
+    )
 
 
 def tile_one(job: SlideJob, tiling: TilingParams, tissue: TissueParams, outputs: TileOutputs) -> SlideResult:
@@ -78,8 +91,10 @@ def tile_one(job: SlideJob, tiling: TilingParams, tissue: TissueParams, outputs:
     h5_path, geojson_path, qc_path = outputs.paths(job.slide_id)
     try:
         params = tissue.with_overrides(dict(job.tissue_overrides)) if job.tissue_overrides else tissue
-        digest = job_hash(job, tiling, params)
-        if is_complete(h5_path, digest) and geojson_path.exists() and qc_path.exists():
+        key = resume_key(job, tiling, params)
+        if is_current(h5_path, key, TILES_KIND) and geojson_path.exists() and qc_path.exists():
+            if read_layer_attrs(h5_path, TILES_KIND).get("slide_path") != str(job.path):
+                rewrite_attrs(h5_path, TILES_KIND, {"slide_path": str(job.path)})  # moved clone: same slide
             return SlideResult(job.slide_id, "skipped")
         with open_slide(job.path, slide_id=job.slide_id, mpp=job.mpp) as reader:
             reader.use_fallback_mpp(job.default_mpp)
@@ -90,13 +105,15 @@ def tile_one(job: SlideJob, tiling: TilingParams, tissue: TissueParams, outputs:
                     "tissue segmentation found no tissue (check the QC image; "
                     "lower tissue.sat_threshold for this slide in the overrides CSV)",
                 )
-            tiles = plan_tiles(reader, seg, tiling, extra_attrs={"config_hash": digest})
+            tile_sets = plan_tile_sets(reader, seg, tiling)
+            tiles = tile_sets[0]
             if len(tiles) == 0:
                 raise NoTissueError(job.slide_id, f"no tile reaches min_tissue={tiling.min_tissue}")
             thumb, thumb_ds = reader.thumbnail(max_side=1024)
+            attrs = slide_attrs(reader, seg)
         write_geojson(geojson_path, contours_to_geojson(seg, job.slide_id))
         write_png_atomic(qc_path, draw_qc(thumb, thumb_ds, seg, tiles.coords, tiles.geometry.level0_px))
-        write_tiles(h5_path, tiles)
+        write_tile_sets(h5_path, tile_sets, attrs=attrs, resume_key=key)
         return SlideResult(job.slide_id, "done", len(tiles), time.perf_counter() - start, seg.tissue_fraction)
     except SlideError as exc:
         return SlideResult(job.slide_id, "failed", seconds=time.perf_counter() - start, error=str(exc))
