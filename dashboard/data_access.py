@@ -15,6 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -23,6 +24,9 @@ import streamlit as st
 import yaml
 
 from slidemil.tracking import tracking_uri
+
+if TYPE_CHECKING:  # the record brings torch in (score layers); only the Slides page needs it
+    from dashboard.heatmap_view import SlideRecord
 
 CODE_ROOT = Path(__file__).resolve().parents[1]
 #: What a project's params.yaml leaves out (or all of it, when there is none) comes from the shipped one.
@@ -155,6 +159,11 @@ def read_rgb(path: Path) -> np.ndarray | None:
     return None if m is None else _read_rgb(str(path), m)
 
 
+def mtimes(*paths: Path) -> tuple[float | None, ...]:
+    """Modification times (None = missing): a cache key that changes as soon as any of the files is rewritten."""
+    return tuple(_mtime(p) for p in paths)
+
+
 def modified(path: Path) -> str | None:
     """When a file was last written, for "as of" captions."""
     m = _mtime(path)
@@ -188,22 +197,31 @@ def heatmap_dir(project: Project, slide_id: str) -> Path:
     return project.path("heatmaps.out_dir") / slide_id
 
 
-def tile_store_dims(project: Project, slide_id: str) -> tuple[int, int] | None:
-    """Level-0 (width, height) from ``data/tiles/<slide>.h5`` attributes (None when the store is absent)."""
-    path = project.path("tile.tiles_dir") / f"{slide_id}.h5"
+def slide_record(project: Project, slide_id: str) -> SlideRecord | None:
+    """The stage's ``record.json`` of one slide, parsed; None when the folder has none (an older run).
+
+    Raises ValueError when the file is there but not a complete record.
+    """
+    path = heatmap_dir(project, slide_id) / "record.json"
     m = _mtime(path)
-    return None if m is None else _tile_store_dims(str(path), m)
+    return None if m is None else _slide_record(str(path), m)
 
 
-@st.cache_data(ttl=TTL, show_spinner=False)
-def _tile_store_dims(path: str, mtime: float) -> tuple[int, int] | None:
-    from slidemil.store import LayerError, read_layer_attrs
+@st.cache_data(ttl=TTL, show_spinner=False, max_entries=32)
+def _slide_record(path: str, mtime: float) -> SlideRecord:
+    from dashboard.heatmap_view import SlideRecord
 
-    try:
-        attrs = read_layer_attrs(path, "tiles")
-        return int(attrs["width"]), int(attrs["height"])
-    except (LayerError, KeyError):
-        return None
+    return SlideRecord.from_dict(json.loads(Path(path).read_text()))
+
+
+def slide_choice_labels(index: pd.DataFrame) -> dict[str, str]:
+    """Picker text per slide from the heatmaps index: ``s0 — true normal, predicted subtype_a (0.91)``."""
+    labels = {}
+    for row in index.to_dict(orient="records"):
+        prob = row.get(f"prob_{row['pred']}")
+        conf = "" if prob is None or pd.isna(prob) else f" ({float(prob):.2f})"
+        labels[row["slide_id"]] = f"{row['slide_id']} — true {row['label']}, predicted {row['pred']}{conf}"
+    return labels
 
 
 def qc_images(project: Project) -> dict[str, Path]:

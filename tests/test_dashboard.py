@@ -186,19 +186,56 @@ def _thumbnail(seed: int) -> np.ndarray:
     return np.clip(img.astype(int) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
 
 
-def _write_slides(root: Path, facts: dict) -> None:
-    from slidemil.evaluation.heatmap import (
-        HeatmapParams,
-        ranked_indices,
-        render_heatmap,
-        with_colorbar,
-    )
+def _probability_layer(scores: np.ndarray, class_name: str):
+    """An absolute 0-1 layer beside the attention one (no registered method emits one yet; CLAM-MB-style
+    per-tile class probabilities will)."""
+    from slidemil.methods import ScoreLayer
+
+    return ScoreLayer("tile probability", "tiles", 1.0 / (1.0 + np.exp(-6.0 * (scores - 0.5))), "probability",
+                      class_name, "per-tile probability of the predicted class")
+
+
+def _write_stage_outputs(out: Path, scored, record_extra: dict, thumb: np.ndarray, fc: dict,
+                         params) -> dict:
+    """What the heatmaps stage writes for one slide: heatmap.png, thumbnail.png, tiles.geojson, top tiles named
+    as ``save_top_tiles`` names them, and record.json = ``ScoredSlide.record()`` + the stage's extra keys."""
+    from slidemil.evaluation.heatmap import render_score_layer
     from slidemil.evaluation.tile_geojson import tiles_to_geojson
-    from slidemil.slides.geometry import TileGeometry
     from slidemil.slides.masks import rasterize_polygons
+    from slidemil.utils.atomic import write_json_atomic, write_png_atomic
+    from slidemil.utils.geojson import write_geojson
+
+    layer, view = scored.primary, scored.tile_sets["tiles"]
+    tissue = rasterize_polygons(fc, thumb.shape[:2], THUMB_DS)
+    title = f"{scored.slide_id} | {record_extra['family']} fold {record_extra['fold']} | {scored.label}: {layer.name}"
+    write_png_atomic(out / "heatmap.png", render_score_layer(
+        thumb, THUMB_DS, layer, view.coords, view.level0_px, params, tissue_mask=tissue, mask_downsample=THUMB_DS,
+        slide_dims=SLIDE_DIMS, title=title))
+    write_png_atomic(out / "thumbnail.png", thumb)
+    write_geojson(out / "tiles.geojson", tiles_to_geojson(view.coords, view.level0_px,
+                                                          {la.name: la.values for la in scored.layers},
+                                                          scored.slide_id))
+    record = {**scored.record(3), **record_extra}
+    side = round(TILE_L0 / THUMB_DS)
+    for t in record["top_tiles"]:
+        x, y = int(t["x"] / THUMB_DS), int(t["y"] / THUMB_DS)
+        tile = cv2.resize(thumb[y:y + side, x:x + side], (96, 96), interpolation=cv2.INTER_NEAREST)
+        name = f"{scored.slide_id}_top{t['rank']:03d}_score{t['score']:+.4f}_x{t['x']}_y{t['y']}.png"
+        write_png_atomic(out / "top_tiles" / name, tile)
+    write_json_atomic(out / "record.json", record)
+    return record
+
+
+def _write_slides(root: Path, facts: dict) -> None:
+    """Tissue and QC for three slides; heatmaps-stage outputs for s00 (attention + probability layers) and s01
+    (attention only). Predictions are clam_sb's test predictions, so index.csv, record.json and
+    predictions.csv agree as they do after `dvc repro`."""
+    from slidemil.evaluation.heatmap import HeatmapParams
+    from slidemil.methods import ScoreLayer, TileSetView
+    from slidemil.scoring import ScoredSlide
+    from slidemil.slides.geometry import TileGeometry
     from slidemil.store import TileSetLayer, write_tile_sets
     from slidemil.utils.atomic import write_png_atomic
-    from slidemil.utils.geojson import write_geojson
 
     data = root / "data"
     for d in ("tissue", "qc", "tiles", "heatmaps"):
@@ -226,23 +263,22 @@ def _write_slides(root: Path, facts: dict) -> None:
         rng = np.random.default_rng(10 + k)
         hot = np.array([2600.0, 1300.0]) if k == 0 else np.array([1500.0, 1800.0])
         scores = np.exp(-((coords + TILE_L0 / 2 - hot) ** 2).sum(1) / (2 * 450.0**2)) + 0.03 * rng.normal(size=len(coords))
-        out = data / "heatmaps" / slide
-        tissue = rasterize_polygons(fc, thumb.shape[:2], THUMB_DS)
-        res = render_heatmap(thumb, THUMB_DS, coords, TILE_L0, scores, params, tissue_mask=tissue,
-                             mask_downsample=THUMB_DS, slide_dims=SLIDE_DIMS)
-        write_png_atomic(out / "heatmap.png", with_colorbar(res.overlay_rgb, params.cmap))
-        write_png_atomic(out / "thumbnail.png", thumb)
-        write_geojson(out / "tiles.geojson", tiles_to_geojson(coords, TILE_L0, {"attention": scores}, slide))
-        for rank, i in enumerate(ranked_indices(scores, 3), start=1):
-            x, y = (coords[i] / THUMB_DS).astype(int)
-            side = round(TILE_L0 / THUMB_DS)
-            tile = cv2.resize(thumb[y:y + side, x:x + side], (96, 96), interpolation=cv2.INTER_NEAREST)
-            write_png_atomic(out / "top_tiles" / f"{slide}_top{rank:03d}_score{scores[i]:+.4f}_x{coords[i, 0]}_y{coords[i, 1]}.png",
-                     tile)
         p = clam[(clam.slide_id == slide) & (clam.split == "test")].iloc[0]
-        rows.append({"slide_id": slide, "fold": int(p["fold"]), "label": CLASSES[int(p["label"])],
-                     "pred": CLASSES[int(p["pred"])], **{f"prob_{c}": p[f"prob_{c}"] for c in CLASSES},
-                     "n_tiles": len(coords), "top_tiles": 3, "localisation_auroc": 0.8734 if k == 0 else np.nan})
+        pred = CLASSES[int(p["pred"])]
+        layers = [ScoreLayer("attention", "tiles", scores, "attention", pred, "ABMIL attention weights")]
+        if k == 0:
+            layers.append(_probability_layer(scores, pred))
+        scored = ScoredSlide(slide, {c: float(p[f"prob_{c}"]) for c in CLASSES}, pred, int(p["pred"]), layers,
+                             {"tiles": TileSetView(coords.astype(np.int64), TILE_L0)})
+        extra = {"fold": int(p["fold"]), "family": "clam_sb", "true_label": CLASSES[int(p["label"])],
+                 "slide_width": SLIDE_DIMS[0], "slide_height": SLIDE_DIMS[1], "thumb_downsample": THUMB_DS}
+        facts.setdefault("records", {})[slide] = _write_stage_outputs(data / "heatmaps" / slide, scored, extra,
+                                                                      thumb, fc, params)
+        rows.append({"slide_id": slide, "fold": int(p["fold"]), "label": CLASSES[int(p["label"])], "pred": pred,
+                     **{f"prob_{c}": p[f"prob_{c}"] for c in CLASSES}, "n_tiles": len(coords), "top_tiles": 3,
+                     "score_layer": layers[0].name, "score_kind": layers[0].kind, "slide_width": SLIDE_DIMS[0],
+                     "slide_height": SLIDE_DIMS[1], "thumb_downsample": THUMB_DS,
+                     "localisation_auroc": 0.8734 if k == 0 else np.nan})
         facts.setdefault("scores", {})[slide] = scores
     pd.DataFrame(rows).to_csv(data / "heatmaps" / "index.csv", index=False)
     facts["index"] = pd.DataFrame(rows)
@@ -412,43 +448,93 @@ def _image_captions(at) -> list[str]:
 def test_slides_page_shows_heatmap_prediction_and_top_tiles(dashboard_project, monkeypatch):
     f = dashboard_project
     at = _app(f["root"], monkeypatch, "slides")
-    row = f["index"].set_index("slide_id").loc["s00"]
-    model_box, slide_box = at.selectbox[0], at.selectbox[1]
+    idx = f["index"].set_index("slide_id")
+    row = idx.loc["s00"]
+    model_box, slide_box = at.selectbox(key="model"), at.selectbox(key="slide")
     assert model_box.value == "clam_sb" and slide_box.value == "s00"
+    # the picker says what each slide is, not just its id
+    assert slide_box.options == [
+        f"{s} — true {r['label']}, predicted {r['pred']} ({r[f'prob_{r.pred}']:.2f})" for s, r in idx.iterrows()]
+    assert slide_box.options[0].startswith("s00 — true ") and ", predicted " in slide_box.options[0]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {"True label": row["label"], "Predicted": row["pred"]}
     assert any("Correct" in s.value for s in at.success)
     probs = _frames(at)[0].set_index("class")["probability"]
     assert probs.to_dict() == pytest.approx({c: row[f"prob_{c}"] for c in CLASSES})
-    text = _texts(at)
-    assert f"{len(f['coords'])} tiles · 8.00 level-0 px per px (slide size)" in text
-    assert "localisation AUROC: 0.873" in text
-    captions = _image_captions(at)
-    assert captions[0].startswith("s00: clam_sb attention") and "opacity 0.50, jet" in captions[0]
-    best = np.sort(f["scores"]["s00"])[::-1][:3]
-    assert captions[1:4] == [c for c in captions[1:4] if c.startswith("#")]
-    assert [float(c.split("score ")[1].split(" ")[0]) for c in captions[1:4]] == pytest.approx(best, abs=6e-4)
 
-    at.slider[0].set_value(0.8).run()  # opacity
-    at.selectbox[2].set_value("viridis").run()  # colormap
-    at.toggle[0].set_value(True).run()  # tissue contours
+    # the layer choices are the record's, the first painted by default
+    layer_box = at.selectbox(key="layer")
+    assert layer_box.options == [la["name"] for la in f["records"]["s00"]["layers"]] == ["attention",
+                                                                                          "tile probability"]
+    assert layer_box.value == "attention"
+    text = _texts(at)
+    assert f"{len(f['coords'])} tiles · 8.00 level-0 px per thumbnail px" in text
+    assert "localisation AUROC: 0.873" in text
+    assert f"Layer `attention`: attention for class {row['pred']}. Colours: within-slide percentile" in text
+    captions = _image_captions(at)
+    assert captions[0] == ("s00: heatmap of clam_sb (params heatmaps.model), fold 0 model, layer attention: "
+                           "opacity 0.50, jet")
+    best = np.sort(f["scores"]["s00"])[::-1][:3]
+    assert [c.split(" · ")[0] for c in captions[1:4]] == ["#1", "#2", "#3"]
+    assert [float(c.split("score ")[1].split(" ")[0]) for c in captions[1:4]] == pytest.approx(best, abs=6e-4)
+    assert "Top tiles by attention" in text
+
+    first = at.image[0].proto.imgs[0].url
+    at.selectbox(key="layer").set_value("tile probability").run()
+    _no_exception(at)
+    text = _texts(at)
+    assert "Layer `tile probability`: probability for class" in text and "Colours: probability 0-1" in text
+    assert "layer tile probability" in _image_captions(at)[0] and at.image[0].proto.imgs[0].url != first
+
+    at.slider(key="alpha").set_value(0.8).run()
+    at.selectbox(key="cmap").set_value("viridis").run()
+    at.toggle(key="contours").set_value(True).run()
     _no_exception(at)
     assert "opacity 0.80, viridis" in _image_captions(at)[0]
 
-    # the misclassified slide
-    at.selectbox[1].set_value("s01").run()
+    # the misclassified slide has one layer: nothing to choose
+    at.selectbox(key="slide").set_value("s01").run()
     _no_exception(at)
-    r1 = f["index"].set_index("slide_id").loc["s01"]
+    r1 = idx.loc["s01"]
     assert {m.label: m.value for m in at.metric}["Predicted"] == r1["pred"] != r1["label"]
     assert any("Misclassified" in e.value for e in at.error)
+    assert "layer" not in [sb.key for sb in at.selectbox]
+    assert "layer attention" in _image_captions(at)[0]
 
-    # another model's prediction for the same slide comes from its predictions.csv (first test fold)
-    at.selectbox[0].set_value("abmil").run()
+    # another model's prediction for the same slide comes from its predictions.csv (first test fold); the page
+    # says the heatmap is still clam_sb's
+    at.selectbox(key="model").set_value("abmil").run()
     _no_exception(at)
     ab = f["models"]["abmil"]["preds"]
     ab = ab[(ab.slide_id == "s01") & (ab.split == "test")].sort_values("fold").iloc[0]
     assert {m.label: m.value for m in at.metric} == {"True label": CLASSES[ab["label"]],
                                                      "Predicted": CLASSES[ab["pred"]]}
+    assert "The heatmap is from `clam_sb`, not `abmil`" in _texts(at)
+    assert _image_captions(at)[0].startswith("s01: heatmap of clam_sb")
+
+
+def test_slide_without_record_says_to_rerun_the_stage(tmp_path, monkeypatch):
+    """A heatmaps folder from before record.json: a readable message and the stage's own image."""
+    from slidemil.utils.atomic import write_png_atomic
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"classes": CLASSES},
+                                                          "heatmaps": {"out_dir": "data/heatmaps"}}))
+    out = tmp_path / "data" / "heatmaps"
+    write_png_atomic(out / "old" / "heatmap.png", _thumbnail(0))
+    pd.DataFrame([{"slide_id": "old", "fold": 1, "label": "normal", "pred": "subtype_a", "prob_normal": 0.05,
+                   "prob_subtype_a": 0.91, "prob_subtype_b": 0.04, "n_tiles": 10, "top_tiles": 3}]).to_csv(
+        out / "index.csv", index=False)
+    at = _app(tmp_path, monkeypatch, "slides")
+    assert at.selectbox(key="slide").options == ["old — true normal, predicted subtype_a (0.91)"]
+    infos = [i.value for i in at.info]
+    assert any("it has no `record.json`" in i and "re-run `dvc repro heatmaps`" in i for i in infos), infos
+    assert len(at.image) == 1  # the stage's heatmap.png, no top-tile gallery
+    assert "layer" not in [sb.key for sb in at.selectbox] and not at.slider
+
+    (out / "old" / "record.json").write_text(json.dumps({"slide_id": "old", "layers": []}))  # a foreign file
+    at.run()
+    _no_exception(at)
+    assert any("record.json has no 'tile_sets'" in i.value and "dvc repro heatmaps" in i.value for i in at.info)
 
 
 def test_registry_page_shows_champion_and_challenger(dashboard_project, monkeypatch):
@@ -505,18 +591,17 @@ def test_recomposited_heatmap_equals_the_stage_image(dashboard_project):
     folder = dashboard_project["root"] / "data" / "heatmaps" / "s00"
     thumb = cv2.cvtColor(cv2.imread(str(folder / "thumbnail.png")), cv2.COLOR_BGR2RGB)
     stage = cv2.cvtColor(cv2.imread(str(folder / "heatmap.png")), cv2.COLOR_BGR2RGB)
-    tiles = hv.tile_scores_from_geojson(json.loads((folder / "tiles.geojson").read_text()))
-    assert tiles.level0_px == TILE_L0 and len(tiles) == len(dashboard_project["coords"])
-    assert np.array_equal(tiles.coords, dashboard_project["coords"])
-    assert np.allclose(tiles.scores, dashboard_project["scores"]["s00"])
-    ds, dims, how = hv.resolve_geometry(thumb.shape[:2], slide_dims=SLIDE_DIMS, tiles=tiles)
-    assert (ds, dims, how) == (THUMB_DS, SLIDE_DIMS, "slide size")
+    record = hv.SlideRecord.from_dict(json.loads((folder / "record.json").read_text()))
+    view = record.tile_sets["tiles"]
+    assert view.level0_px == TILE_L0 and np.array_equal(view.coords, dashboard_project["coords"])
+    assert np.allclose(record.primary.values, dashboard_project["scores"]["s00"])
+    assert (record.family, record.slide_dims, record.thumb_downsample) == ("clam_sb", SLIDE_DIMS, THUMB_DS)
     tissue = json.loads((dashboard_project["root"] / "data" / "tissue" / "s00.geojson").read_text())
-    same = hv.composite(thumb, ds, tiles, dims, cmap="jet", alpha=0.5, tissue_fc=tissue)
-    assert np.array_equal(same, stage)  # the stage's settings reproduce its image exactly
+    same = hv.composite(thumb, record, record.primary, cmap="jet", alpha=0.5, tissue_fc=tissue)
+    assert np.array_equal(same, stage)  # the stage's settings reproduce its image exactly, title and legend too
 
-    plain = hv.composite(thumb, ds, tiles, dims, alpha=0.5, tissue_fc=tissue, colorbar=False)
-    stronger = hv.composite(thumb, ds, tiles, dims, alpha=0.9, tissue_fc=tissue, colorbar=False)
+    plain = hv.composite(thumb, record, record.primary, alpha=0.5, tissue_fc=tissue, legend=False)
+    stronger = hv.composite(thumb, record, record.primary, alpha=0.9, tissue_fc=tissue, legend=False)
     painted = np.any(plain != thumb, axis=2)
     assert 0.2 < painted.mean() < 0.6  # colour only on tiles inside the tissue
     assert not np.any(plain[~painted] != thumb[~painted])
@@ -525,47 +610,91 @@ def test_recomposited_heatmap_equals_the_stage_image(dashboard_project):
     d_strong = np.abs(stronger.astype(int) - thumb)[painted].mean()
     assert d_strong > 1.5 * d_plain
 
-    outlined = hv.composite(thumb, ds, tiles, dims, alpha=0.5, tissue_fc=tissue, contours=True, colorbar=False)
+    outlined = hv.composite(thumb, record, record.primary, alpha=0.5, tissue_fc=tissue, contours=True, legend=False)
     changed = np.any(outlined != plain, axis=2)
     ys, xs = np.nonzero(changed)
     r = ((xs - 256) / 175.0) ** 2 + ((ys - 192) / 125.0) ** 2  # the ellipse at thumbnail scale
     assert changed.sum() > 500 and np.all(np.abs(r - 1) < 0.06)
 
 
-def test_slide_size_comes_from_the_tile_store(dashboard_project, monkeypatch):
-    from dashboard import data_access as da
+@pytest.fixture(scope="module")
+def toy_scored(tmp_path_factory):
+    """A real ScoredSlide: the toy ABMIL bundle scoring random features on a 4 x 3 tile grid."""
+    from slidemil.bundle import ModelBundle
+    from slidemil.scoring import BundleScorer, slide_from_features
 
-    monkeypatch.setenv("SLIDEMIL_PROJECT_ROOT", str(dashboard_project["root"]))
-    project = da.get_project()
-    assert da.tile_store_dims(project, "s00") == SLIDE_DIMS
-    assert da.tile_store_dims(project, "missing") is None
-    broken = dashboard_project["root"] / "data" / "tiles" / "broken.h5"
-    broken.write_bytes(b"half a file")
-    assert da.tile_store_dims(project, "broken") is None
+    bundle = ModelBundle.load(_tiny_bundle(tmp_path_factory.mktemp("toy") / "bundle", "toy"))
+    xs, ys = np.meshgrid(np.arange(4) * TILE_L0, np.arange(3) * TILE_L0)
+    coords = np.stack([xs.ravel(), ys.ravel()], 1)
+    feats = np.random.default_rng(0).normal(size=(len(coords), 8)).astype(np.float32)
+    return BundleScorer(bundle).score(slide_from_features("toy", feats, coords, TILE_L0))
 
 
-def test_resolve_geometry_fallbacks():
+def _record(scored, **extra) -> dict:
+    return json.loads(json.dumps({**scored.record(3), "fold": 2, "family": "abmil", "true_label": "normal",
+                                  "slide_width": 4 * TILE_L0, "slide_height": 3 * TILE_L0, "thumb_downsample": 8.0,
+                                  **extra}))
+
+
+def test_record_of_a_scored_bundle_is_parsed(toy_scored):
     from dashboard import heatmap_view as hv
 
-    assert hv.resolve_geometry((384, 512), slide_dims=(4096, 3072), thumb_downsample=8.0) == (8.0, (4096, 3072),
-                                                                                               "recorded")
-    assert hv.resolve_geometry((300, 400), thumb_downsample=2.5) == (2.5, (1000, 750), "recorded downsample")
-    tiles = hv.TileScores(np.array([[0, 0], [3000, 2000]], float), 256.0, np.array([0.1, 0.2]))
-    ds, dims, how = hv.resolve_geometry((384, 512), tiles=tiles)
-    assert ds == pytest.approx(3256 / 512) and dims == (3256, round(384 * 3256 / 512)) and "estimated" in how
-    assert hv.resolve_geometry((10, 20)) == (1.0, (20, 10), "unknown (assumed 1)")
+    rec = hv.SlideRecord.from_dict(_record(toy_scored))
+    assert [la.name for la in rec.layers] == [la.name for la in toy_scored.layers] == ["attention"]
+    assert rec.primary.kind == "attention" and rec.primary.relative and rec.primary.class_name == toy_scored.label
+    assert np.allclose(rec.primary.values, toy_scored.primary.values)
+    assert np.array_equal(rec.tile_sets["tiles"].coords, toy_scored.tile_sets["tiles"].coords)
+    assert rec.probabilities == pytest.approx(toy_scored.probabilities) and rec.label == toy_scored.label
+    assert rec.top_tiles == toy_scored.top_tiles(3)
+    assert (rec.fold, rec.family, rec.slide_dims) == (2, "abmil", (1024, 768))
+    assert rec.stage_title(rec.primary) == f"toy | abmil fold 2 | {toy_scored.label}: attention"
+    with pytest.raises(KeyError, match="no score layer 'nope'"):
+        rec.layer("nope")
+    broken = _record(toy_scored)
+    del broken["thumb_downsample"]
+    with pytest.raises(ValueError, match="record.json has no 'thumb_downsample'"):
+        hv.SlideRecord.from_dict(broken)
 
 
-def test_top_tiles_are_parsed_and_ranked(tmp_path):
+def test_probability_layers_are_painted_on_the_absolute_scale(toy_scored):
+    """Constant layers: probabilities 0.2 and 0.8 get their own colours; relative layers (ranks within the slide)
+    paint a constant as the middle percentile, whatever its value."""
+    from dataclasses import replace
+
+    from dashboard import heatmap_view as hv
+    from slidemil.evaluation.heatmap import colorize
+    from slidemil.methods import ScoreLayer
+
+    n = len(toy_scored.tile_sets["tiles"])
+    layers = [ScoreLayer(f"{kind} {v}", "tiles", np.full(n, v), kind, "normal")
+              for kind in ("probability", "attention") for v in (0.2, 0.8)]
+    rec = hv.SlideRecord.from_dict(_record(replace(toy_scored, layers=layers)))
+    assert [la.name for la in rec.layers] == ["probability 0.2", "probability 0.8", "attention 0.2", "attention 0.8"]
+    thumb = np.full((96, 128, 3), 200, np.uint8)  # 1024 x 768 at 8 px per px: the tiles cover all of it
+
+    def paint(name: str) -> np.ndarray:
+        return hv.composite(thumb, rec, rec.layer(name), cmap="viridis", alpha=1.0, legend=False)
+
+    def colour(v: float) -> np.ndarray:
+        return colorize(np.full((1, 1), v, np.float32), "viridis")[0, 0]
+
+    p2, p8, a2, a8 = (paint(la.name) for la in rec.layers)
+    assert np.all(p2 == colour(0.2)) and np.all(p8 == colour(0.8)) and not np.array_equal(p2, p8)
+    assert np.array_equal(a2, a8) and np.all(a2 == colour(0.5))
+    assert "probability 0-1" in hv.colour_meaning(rec.layer("probability 0.2"))
+    assert "within-slide percentile" in hv.colour_meaning(rec.layer("attention 0.2"))
+    assert hv.layer_summary(rec.layer("attention 0.8")) == "attention for class normal"
+
+
+def test_top_tile_images_are_found_by_rank_and_corner(tmp_path):
     from dashboard import heatmap_view as hv
 
-    for name in ("a_b_top002_score-0.5000_x10_y20.png", "a_b_top001_score+1.2500_x0_y512.png",
-                 "a_b_bottom001_score-3.0000_x5_y6.png", "notes.png"):
+    for name in ("s1_top001_score+1.2500_x0_y512.png", "s1_top002_score-0.5000_x10_y20.png", "notes.png"):
         (tmp_path / name).write_bytes(b"")
-    recs = hv.top_tiles(tmp_path)
-    assert [(r["kind"], r["rank"], r["score"], r["x"], r["y"]) for r in recs] == [
-        ("top", 1, 1.25, 0, 512), ("top", 2, -0.5, 10, 20), ("bottom", 1, -3.0, 5, 6)]
-    assert hv.top_tiles(tmp_path / "missing") == []
+    assert hv.top_tile_image(tmp_path, "s1", {"rank": 1, "x": 0, "y": 512}) == tmp_path / (
+        "s1_top001_score+1.2500_x0_y512.png")
+    assert hv.top_tile_image(tmp_path, "s1", {"rank": 2, "x": 0, "y": 512}) is None  # rank 2 sits elsewhere
+    assert hv.top_tile_image(tmp_path / "missing", "s1", {"rank": 1, "x": 0, "y": 512}) is None
 
 
 def test_project_paths_follow_params_and_env(tmp_path, monkeypatch):

@@ -1,8 +1,6 @@
-"""Slides: one slide's attention heatmap (re-painted live), its prediction and its most attended tiles."""
+"""Slides: one slide's score layers (re-painted live from the stage's record.json), its prediction and top tiles."""
 
 from __future__ import annotations
-
-import math
 
 import matplotlib
 import pandas as pd
@@ -23,75 +21,79 @@ if index is None:
 
 hm_model = project.heatmap_model
 models = [hm_model] + [m for m in da.trained_models(project) if m != hm_model]
+labels = da.slide_choice_labels(index)
 c1, c2 = st.columns(2)
-model = c1.selectbox("Model", models, help=f"Attention is always from `{hm_model}` (params heatmaps.model); "
-                                          "other models change the prediction shown.")
-slide = c2.selectbox("Slide", index["slide_id"].tolist())
+model = c1.selectbox("Model", models, key="model",
+                     help=f"The heatmap is always from `{hm_model}` (params heatmaps.model); other models change "
+                          "only the prediction shown.")
+slide = c2.selectbox("Slide", list(labels), format_func=labels.get, key="slide")
 row = index[index["slide_id"] == slide].iloc[0]
 folder = da.heatmap_dir(project, slide)
-
-render = project.get("heatmaps.render")  # every key is there: params.yaml's defaults fill the gaps
-default_cmap = str(render["cmap"])
-cmaps = [c for c in dict.fromkeys([default_cmap, *CMAPS]) if c in matplotlib.colormaps]
-k1, k2, k3, k4 = st.columns(4)
-alpha = k1.slider("Opacity", 0.0, 1.0, float(render["alpha"]), 0.05)
-cmap = k2.selectbox("Colormap", cmaps, index=cmaps.index(default_cmap) if default_cmap in cmaps else 0)
-blur = k3.slider("Blur (px)", 0.0, 8.0, float(render["blur_sigma_px"] or 0.0), 0.5)
-show_contours = k4.toggle("Tissue contours", value=False)
+try:
+    record, record_problem = da.slide_record(project, slide), None
+except ValueError as e:
+    record, record_problem = None, str(e)
+family = record.family if record is not None else hm_model
 
 
 @st.cache_data(ttl=da.TTL, show_spinner="Painting heatmap...", max_entries=32)
-def overlay(folder: str, tissue_path: str, dims: tuple[int, int] | None, thumb_ds: float | None, stamp: tuple,
-            cmap: str, alpha: float, blur: float, contours: bool) -> tuple:
+def overlay(folder: str, stamp: tuple, layer_name: str, cmap: str, alpha: float, blur: float, contours: bool,
+            _record: hv.SlideRecord, _tissue_path: str) -> tuple:
     """Heatmap image plus a caption; ``stamp`` (file mtimes) invalidates it when the stage re-runs."""
     from pathlib import Path
 
     thumb = da.read_rgb(Path(folder) / "thumbnail.png")
-    fc = da.read_json(Path(folder) / "tiles.geojson")
-    if thumb is None or fc is None:
+    if thumb is None:
         return None, ""
-    tiles = hv.tile_scores_from_geojson(fc, "attention" if "attention" in hv.measurement_names(fc)
-                                        else (hv.measurement_names(fc) or ["attention"])[0])
-    ds, slide_dims, how = hv.resolve_geometry(thumb.shape[:2], slide_dims=dims, thumb_downsample=thumb_ds,
-                                              tiles=tiles)
-    tissue = da.read_json(Path(tissue_path))
-    img = hv.composite(thumb, ds, tiles, slide_dims, cmap=cmap, alpha=alpha, blur_sigma_px=blur,
-                       tissue_fc=tissue, contours=contours)
-    note = f"{len(tiles)} tiles · {ds:.2f} level-0 px per px ({how})"
+    layer = _record.layer(layer_name)
+    tissue = da.read_json(Path(_tissue_path))
+    img = hv.composite(thumb, _record, layer, cmap=cmap, alpha=alpha, blur_sigma_px=blur, tissue_fc=tissue,
+                       contours=contours)
+    note = f"{len(layer.values)} tiles · {_record.thumb_downsample:.2f} level-0 px per thumbnail px"
     if contours and tissue is None:
         note += " · no tissue contours saved for this slide"
     return img, note
 
 
-def _num(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
-
-
-dims = None
-if _num(row.get("slide_width")) and _num(row.get("slide_height")):
-    dims = (int(row["slide_width"]), int(row["slide_height"]))
-dims = dims or da.tile_store_dims(project, slide)
-tissue_path = project.path("tile.tissue_dir") / f"{slide}.geojson"
-stamp = tuple(da.modified(p) for p in (folder / "thumbnail.png", folder / "tiles.geojson", tissue_path))
-img, note = overlay(str(folder), str(tissue_path), dims, _num(row.get("thumb_downsample")), stamp,
-                    cmap, round(alpha, 2), blur, show_contours)
-
 left, right = st.columns([3, 2])
 with left:
-    if img is not None:
-        st.image(img, caption=f"{slide}: {hm_model} attention (percentiles within the slide), opacity {alpha:.2f}, "
-                              f"{cmap}", width="stretch")
-        st.caption(note)
-    elif (folder / "heatmap.png").exists():
-        st.info("The thumbnail or tiles.geojson is missing, so the heatmap cannot be re-painted; "
-                "showing the stage's image.")
-        st.image(str(folder / "heatmap.png"), width="stretch")
+    if record is None or not record.layers:
+        why = record_problem or ("it has no score layers" if record is not None else "it has no `record.json`")
+        st.info(f"`{folder}` cannot be re-painted: {why}. It comes from an older run of the heatmaps stage; "
+                "re-run `dvc repro heatmaps` to get its score layers. Showing the stage's image if there is one.")
+        if (folder / "heatmap.png").exists():
+            st.image(str(folder / "heatmap.png"), width="stretch")
     else:
-        st.info(f"No heatmap files for `{slide}` in `{folder}`.")
+        names = [la.name for la in record.layers]
+        layer = record.layer(st.selectbox("Score layer", names, key="layer") if len(names) > 1 else names[0])
+        render = project.get("heatmaps.render")  # every key is there: params.yaml's defaults fill the gaps
+        default_cmap = str(render["cmap"])
+        cmaps = [c for c in dict.fromkeys([default_cmap, *CMAPS]) if c in matplotlib.colormaps]
+        k1, k2, k3, k4 = st.columns(4)
+        alpha = k1.slider("Opacity", 0.0, 1.0, float(render["alpha"]), 0.05, key="alpha")
+        cmap = k2.selectbox("Colormap", cmaps, index=cmaps.index(default_cmap) if default_cmap in cmaps else 0,
+                            key="cmap")
+        blur = k3.slider("Blur (px)", 0.0, 8.0, float(render["blur_sigma_px"] or 0.0), 0.5, key="blur")
+        show_contours = k4.toggle("Tissue contours", value=False, key="contours")
+        tissue_path = project.path("tile.tissue_dir") / f"{slide}.geojson"
+        stamp = da.mtimes(folder / "record.json", folder / "thumbnail.png", tissue_path)
+        img, note = overlay(str(folder), stamp, layer.name, cmap, round(alpha, 2), blur, show_contours,
+                            record, str(tissue_path))
+        if img is None:
+            st.info("The thumbnail is missing, so the heatmap cannot be re-painted; showing the stage's image "
+                    "if there is one.")
+            if (folder / "heatmap.png").exists():
+                st.image(str(folder / "heatmap.png"), width="stretch")
+        else:
+            st.image(img, width="stretch",
+                     caption=f"{slide}: heatmap of {family} (params heatmaps.model), fold {record.fold} model, "
+                             f"layer {layer.name}: opacity {alpha:.2f}, {cmap}")
+            st.caption(f"Layer `{layer.name}`: {hv.layer_summary(layer)}. {hv.colour_meaning(layer)}."
+                       + (f" {layer.description}" if layer.description else ""))
+            if model != family:
+                st.caption(f"The heatmap is from `{family}`, not `{model}`: the model choice changes only the "
+                           "prediction on the right.")
+            st.caption(note)
 
 # ---- prediction --------------------------------------------------------------------------------------
 classes = project.classes
@@ -99,7 +101,7 @@ classes = project.classes
 
 def prediction_for(model: str) -> dict | None:
     """True/predicted class and probabilities of ``slide`` for ``model`` (its first test fold)."""
-    if model == hm_model:
+    if model == family:
         probs = {c[len("prob_"):]: float(row[c]) for c in index.columns if c.startswith("prob_")}
         return {"label": str(row["label"]), "pred": str(row["pred"]), "fold": row.get("fold"), "probs": probs}
     preds = da.train_predictions(project, model)
@@ -135,19 +137,24 @@ with right:
         st.dataframe(pd.DataFrame({"class": order, "probability": [p["probs"][c] for c in order]}),
                      hide_index=True, column_config={"probability": st.column_config.ProgressColumn(
                          "probability", min_value=0.0, max_value=1.0, format="%.3f")})
-    facts = {"tiles": row.get("n_tiles"), "localisation AUROC": _num(row.get("localisation_auroc"))}
+    facts = {"tiles": row.get("n_tiles"), "localisation AUROC": row.get("localisation_auroc")}
     st.caption(" · ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
                           for k, v in facts.items() if v is not None and not pd.isna(v)))
     geo = folder / "tiles.geojson"
     if geo.exists():
-        st.download_button("tiles.geojson (QuPath)", geo.read_bytes,  # read on click: can be large file_name=f"{slide}_tiles.geojson",
-                           mime="application/geo+json")
+        st.download_button("tiles.geojson (QuPath)", geo.read_bytes,  # read on click: can be large
+                           file_name=f"{slide}_tiles.geojson", mime="application/geo+json")
 
 # ---- top tiles ---------------------------------------------------------------------------------------
-st.subheader("Most attended tiles")
-tops = [t for t in hv.top_tiles(folder / "top_tiles") if t["kind"] == "top"]
-if not tops:
-    st.info("No top tiles saved for this slide.")
-else:
-    st.image([str(t["path"]) for t in tops],
-             caption=[f"#{t['rank']} · score {t['score']:+.3f} · ({t['x']}, {t['y']})" for t in tops], width=180)
+if record is not None and record.primary is not None:
+    st.subheader(f"Top tiles by {record.primary.name}")
+    saved = [(t, hv.top_tile_image(folder / "top_tiles", slide, t)) for t in record.top_tiles]
+    shown = [(t, p) for t, p in saved if p is not None]
+    if shown:
+        st.image([str(p) for _, p in shown],
+                 caption=[f"#{t['rank']} · score {t['score']:+.3f} · ({t['x']}, {t['y']})" for t, _ in shown],
+                 width=180)
+    missing = [t for t, p in saved if p is None]
+    if missing:
+        st.caption("Tiles of the record without a saved image:")
+        st.dataframe(pd.DataFrame(missing)[["rank", "x", "y", "score"]], hide_index=True)

@@ -343,12 +343,30 @@ def render_score_layer(
 ) -> np.ndarray:
     """Paint any score layer with a labelled legend: attention / contribution / ranks as within-slide
     percentiles, probabilities on the absolute 0-1 scale. Returns the RGB image (overlay + legend strip)."""
-    params = replace(params or HeatmapParams(), percentiles=layer.relative)
-    result = render_heatmap(thumbnail_rgb, thumb_downsample, coords, level0_px, layer.values, params,
-                            tissue_mask=tissue_mask, mask_downsample=mask_downsample, slide_dims=slide_dims,
-                            value_range=None if layer.relative else (0.0, 1.0))
+    result = paint_score_layer(thumbnail_rgb, thumb_downsample, layer, coords, level0_px, params,
+                               tissue_mask=tissue_mask, mask_downsample=mask_downsample, slide_dims=slide_dims)
     name, low, high = legend_labels(layer)
-    return with_legend(result.overlay_rgb, params.cmap, title or name, low, high)
+    return with_legend(result.overlay_rgb, (params or HeatmapParams()).cmap, title or name, low, high)
+
+
+def paint_score_layer(
+    thumbnail_rgb: np.ndarray,
+    thumb_downsample: float,
+    layer: ScoreLayer,
+    coords: np.ndarray,
+    level0_px: float,
+    params: HeatmapParams | None = None,
+    *,
+    tissue_mask: np.ndarray | None = None,
+    mask_downsample: float | None = None,
+    slide_dims: tuple[int, int] | None = None,
+) -> HeatmapResult:
+    """The overlay of :func:`render_score_layer` before its legend is added (the dashboard draws tissue
+    contours on it first): the layer's kind picks percentiles or the absolute 0-1 scale."""
+    params = replace(params or HeatmapParams(), percentiles=layer.relative)
+    return render_heatmap(thumbnail_rgb, thumb_downsample, coords, level0_px, layer.values, params,
+                          tissue_mask=tissue_mask, mask_downsample=mask_downsample, slide_dims=slide_dims,
+                          value_range=None if layer.relative else (0.0, 1.0))
 
 
 def with_legend(overlay_rgb: np.ndarray, cmap: str, title: str, low: str, high: str) -> np.ndarray:
