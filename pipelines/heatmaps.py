@@ -70,7 +70,7 @@ def main() -> int:
                                  r.slide_id)
             dims = reader.dimensions
         write_geojson(out / "tiles.geojson", tiles_to_geojson(
-            view.coords, view.level0_px, {la.name: la.values for la in scored.layers if la.tile_set == "tiles"},
+            view.coords, view.level0_px, {la.name: la.values for la in scored.layers if la.tile_set == layer.tile_set},
             r.slide_id))
         record = {**scored.record(h["top_k"]), "fold": fold, "family": family,
                   "true_label": manifest.at[r.slide_id, "label"], "slide_width": dims[0], "slide_height": dims[1], "thumb_downsample": ds}

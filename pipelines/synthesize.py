@@ -7,12 +7,13 @@ from pathlib import Path
 
 from pipelines.common import load_params, project_path, setup_logging
 from slidemil.demo.dataset import generate_demo_dataset
-from slidemil.utils.hashing import config_hash
+from slidemil.utils.hashing import code_version, config_hash
 
 
 def _reset_if_settings_changed(out_dir: Path, cfg: dict) -> None:
-    """Slides already written are reused (resume), but only if they were made with these settings."""
-    digest = config_hash({k: v for k, v in cfg.items() if k != "workers"})
+    """Slides already written are reused (resume), but only if they were made with these settings and this
+    version of the demo generator's code (editing the renderer re-renders the demo)."""
+    digest = config_hash({k: v for k, v in cfg.items() if k != "workers"}, code_version(["slidemil.demo"]))
     stamp = out_dir / ".settings_hash"
     if out_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != digest):
         shutil.rmtree(out_dir)

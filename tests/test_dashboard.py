@@ -99,9 +99,9 @@ def _log_models(root: Path, work: Path) -> dict:
         per_fold, summary = _cv_summary(preds)
         with mlflow.start_run(run_name=model) as parent:
             mlflow.set_tags({"slidemil.model": model, "slidemil.kind": "cv-parent"})
-            mlflow.log_params({f"model.{k}": v for k, v in MODEL_CFG[model].items()})
-            mlflow.log_params({"train.lr": 2e-4, "train.max_epochs": 40, "encoder.name": "resnet50_trunc",
-                               "encoder.weights": "random", "tiling.target_mpp": 0.5, "n_folds": N_FOLDS})
+            mlflow.log_params({f"method.{k}": v for k, v in MODEL_CFG[model].items()})
+            mlflow.log_params({"train.lr": 2e-4, "train.max_epochs": 40, "encoder.tiles.name": "resnet50_trunc",
+                               "encoder.tiles.weights": "random", "tiling.target_mpp": 0.5, "n_folds": N_FOLDS})
             for row in per_fold.to_dict(orient="records"):
                 fold = int(row["fold"])
                 with mlflow.start_run(run_name=f"{model}-fold{fold}", nested=True):
@@ -394,7 +394,7 @@ def test_runs_page_compares_parent_runs(dashboard_project, monkeypatch):
     assert set(table["run_id"]) == {m["run_id"] for m in f["models"].values()}
     clam = table.set_index("model").loc["clam_sb"]
     assert clam["test AUC"] == _fmt(f["models"]["clam_sb"]["summary"]["test"]["auc"])
-    assert clam["model.dropout"] == "0.25"
+    assert clam["method.dropout"] == "0.25"
 
     # both runs compared by default: grouped bars with fold std as error bars
     bars = _plotly(at, "metric_bars")["data"]
@@ -413,9 +413,9 @@ def test_runs_page_compares_parent_runs(dashboard_project, monkeypatch):
     assert [t["name"].split(" (")[0] for t in roc][0] == "chance" and len(roc) == 3
 
     # only differing params are listed; shared ones are not
-    diff = next(d for d in _frames(at) if d.index.name == "param" or "model.dropout" in d.index)
-    assert "model.dropout" in diff.index and "model.k_sample" in diff.index
-    assert "train.lr" not in diff.index and "encoder.name" not in diff.index
+    diff = next(d for d in _frames(at) if d.index.name == "param" or "method.dropout" in d.index)
+    assert "method.dropout" in diff.index and "method.k_sample" in diff.index
+    assert "train.lr" not in diff.index and "encoder.tiles.name" not in diff.index
 
     # switching to validation metrics updates the bars
     at.radio[0].set_value("val").run()

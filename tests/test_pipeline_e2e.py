@@ -73,6 +73,28 @@ def test_repro_then_noop_then_partial(project):
     assert read_tile_set(project / "data/tiles" / f"{manifest['slide_id'][0]}.h5").geometry.tile_px == 256
 
 
+def test_code_edits_rerun_the_work_not_just_the_stage(project):
+    """Editing tissue-segmentation code re-tiles every slide (resume keys carry the code version, so the stage
+    does not report stale tiles as skipped); editing a demo renderer file re-renders the demo."""
+    import json
+
+    _run([sys.executable, "-m", "dvc", "repro", "tile"], project)
+    tissue = project / "src/slidemil/slides/tissue.py"
+    tissue.write_text(tissue.read_text() + "\n# a changed segmentation constant would do the same\n")
+    proc = _run([sys.executable, "-m", "dvc", "repro", "tile"], project)
+    assert _stages_run(proc) == {"tile"}
+    summary = json.loads((project / "data/reports/tiling.json").read_text())
+    assert summary["n_done"] == summary["n_slides"] == 6 and summary["n_skipped"] == 0, summary
+
+    slide = next((project / "data/demo/slides").glob("*.svs"))
+    before = slide.stat().st_mtime_ns
+    render = project / "src/slidemil/demo/render.py"
+    render.write_text(render.read_text() + "\n# an edited renderer\n")
+    proc = _run([sys.executable, "-m", "dvc", "repro", "tile"], project)
+    assert {"synthesize", "validate"} <= _stages_run(proc)
+    assert slide.exists() and slide.stat().st_mtime_ns != before  # rendered again, not skipped
+
+
 def test_bad_manifest_stops_before_tiling(project):
     """A user's own manifest with bad rows: validate fails naming them, tile does not run."""
     df = pd.read_csv(project / "data/demo/manifest.csv")

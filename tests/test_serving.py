@@ -52,7 +52,7 @@ def store(tmp_path_factory) -> dict:
     )
     assert result["alias"] == "champion" and result["version"] == "1"
     bundle = ModelBundle.load(folder)
-    return {"uri": uri, "bundle_dir": folder, "bundle": bundle, "weights_id": bundle.encoder["weights_id"]}
+    return {"uri": uri, "bundle_dir": folder, "bundle": bundle, "weights_id": bundle.encoder.weights_id}
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +192,43 @@ def test_predict_svs(server, inputs):
     assert out["model"]["version"] == "1"
 
 
+def test_served_prediction_is_the_pipelines(server, store, inputs, tmp_path):
+    """One scoring path: the served answer for a demo slide equals tile stage + features stage + the bundle's
+    prediction from the store (same tiles, probabilities within 1e-5, same top tiles)."""
+    from slidemil.data.tile_batch import SlideJob, TileOutputs, tile_one
+    from slidemil.encoders.registry import build_encoder
+    from slidemil.features.extract import extract_slide_features
+    from slidemil.scoring import BundleScorer
+    from slidemil.slides.tiling import TilingParams
+    from slidemil.slides.tissue import TissueParams
+    from slidemil.store import SlideStore
+    from slidemil.training.data import store_source
+
+    bundle = store["bundle"]
+    spec = bundle.spec
+    outputs = TileOutputs(tmp_path / "tiles", tmp_path / "tissue", tmp_path / "qc")
+    tiling = TilingParams.from_dict({k: v for k, v in spec.tiling.items() if k != "workers"})
+    job = SlideJob("demo_slide", str(inputs["svs"]))
+    assert tile_one(job, tiling, TissueParams(**spec.tissue), outputs).status == "done"
+    enc = bundle.encoder
+    encoder = build_encoder(enc.name, enc.weights, seed=enc.seed)
+    extract_slide_features(outputs.tiles_dir / "demo_slide.h5", encoder, tmp_path / "features" / "demo_slide.h5",
+                           device="cpu", progress=False)
+    store_ = SlideStore(outputs.tiles_dir, tmp_path / "features")
+    piped = BundleScorer(bundle).score(store_source(store_).load("demo_slide"))
+
+    resp = _post_file(server["url"], "predict", "slide", inputs["svs"], top_k=5)
+    assert resp.status_code == 200, resp.text
+    served = resp.json()
+    coords = store_.tile_set("demo_slide").coords
+    corners = [tuple(f["geometry"]["coordinates"][0][0]) for f in served["geojson"]["features"]]
+    assert served["n_tiles"] == len(coords) and corners == [tuple(map(float, c)) for c in coords]
+    for c in CLASSES:
+        assert served["probabilities"][c] == pytest.approx(piped.probabilities[c], abs=1e-5)
+    assert served["label"] == piped.label
+    assert [(t["x"], t["y"]) for t in served["top_tiles"]] == [(t["x"], t["y"]) for t in piped.top_tiles(5)]
+
+
 def test_png_needs_mpp(server, inputs):
     resp = _post_file(server["url"], "predict", "slide", inputs["png"])
     assert resp.status_code == 422, resp.text
@@ -285,11 +322,16 @@ def test_predict_features(server, store, inputs):
     out = resp.json()
     assert out["n_tiles"] == 40 and len(out["tile_scores"]) == 40 and len(out["coords"]) == 40
     # the server answers with the registered model: same numbers as the bundle in this process
-    expected = store["bundle"].predict_features(feats)
-    assert out["label"] == expected["label"]
+    from slidemil.scoring import BundleScorer, slide_from_features
+
+    expected = BundleScorer(store["bundle"]).score(slide_from_features("bag", feats, np.zeros((40, 2)), 224))
+    assert out["label"] == expected.label
     for c in CLASSES:
-        assert out["probabilities"][c] == pytest.approx(expected["probabilities"][c], abs=1e-5)
-    np.testing.assert_allclose(out["tile_scores"], expected["tile_scores"], atol=1e-5)
+        assert out["probabilities"][c] == pytest.approx(expected.probabilities[c], abs=1e-5)
+    np.testing.assert_allclose(out["tile_scores"], expected.primary.values, atol=1e-5)
+    assert out["score_layers"] == [{"name": "attention", "tile_set": "tiles", "kind": "attention",
+                                    "class_name": expected.label,
+                                    "description": expected.primary.description}]
 
 
 def test_bad_feature_files(server, store, inputs):

@@ -134,11 +134,13 @@ def test_code_version_follows_the_source(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("")
     (pkg / "seg.py").write_text("SAT_THRESHOLD = 8\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    before = versions.code_version(["fake_tissue_pkg"])
-    assert versions.code_version(["fake_tissue_pkg"]) == before
+    from slidemil.utils import hashing
+
+    before = hashing.code_version(["fake_tissue_pkg"])
+    assert hashing.code_version(["fake_tissue_pkg"]) == before
     (pkg / "seg.py").write_text("SAT_THRESHOLD = 9\n")
-    versions._code_version.cache_clear()
-    assert versions.code_version(["fake_tissue_pkg"]) != before
+    hashing._code_version.cache_clear()
+    assert hashing.code_version(["fake_tissue_pkg"]) != before
     assert len(versions.tile_code_version()) == 16
 
 

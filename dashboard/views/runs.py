@@ -10,8 +10,8 @@ import streamlit as st
 
 from dashboard import data_access as da
 
-KEY_PARAMS = ("model.size", "model.dropout", "model.bag_weight", "train.lr", "train.max_epochs",
-              "encoder.name", "encoder.weights", "tiling.target_mpp", "n_folds", "selected_fold")
+KEY_PARAMS = ("method.size", "method.dropout", "method.bag_weight", "train.lr", "train.max_epochs",
+              "encoder.tiles.name", "encoder.tiles.weights", "tiling.target_mpp", "n_folds", "selected_fold")
 
 st.title("Runs")
 project = da.get_project()

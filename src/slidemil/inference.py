@@ -1,8 +1,8 @@
 """Raw slide -> diagnosis, probabilities, score layers, heatmap and top tiles, from a bundle alone.
 
-The pipeline's own functions in memory for one slide: tissue segmentation and tiling at the bundle's physical
-resolution (the tile stage's ``segment_tissue`` / ``plan_tiles``), the bundle's encoder with its recorded
-weights (the features stage's ``encode_tiles``), then the one scoring path (:func:`slidemil.scoring.score_slide`:
+The pipeline's own functions in memory for one slide: tissue segmentation and every tile set at the bundle's
+physical resolution (the tile stage's ``tile_slide``), the bundle's encoders with their recorded weights (the
+features stage's ``encode_tiles``), then the one scoring path (:func:`slidemil.scoring.score_slide`:
 bag -> predict -> explain) and the heatmap stage's renderer. Used by serving, the CLI and the dashboard.
 Imports no Lightning.
 """
@@ -20,7 +20,6 @@ from PIL import Image
 from slidemil.bundle import ModelBundle
 from slidemil.methods import SlideData, TileSetView
 from slidemil.scoring import BundleScorer, ScoredSlide
-from slidemil.slides.errors import NoTissueError
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -82,11 +81,16 @@ class SlidePredictor:
         from slidemil.encoders.registry import build_encoder
 
         self.bundle = bundle
-        enc = bundle.encoder
-        self.encoder = build_encoder(enc.name, enc.weights, seed=enc.seed)
-        if enc.weights_id and enc.weights_id != self.encoder.weights_id:
-            raise ValueError(f"encoder weights differ from training: bundle has {enc.weights_id}, "
-                             f"built {self.encoder.weights_id}")
+        self.encoders = {}  # tile set -> encoder (one instance per distinct encoder)
+        built = {}
+        for tile_set, enc in bundle.spec.components.encoders.items():
+            key = (enc.name, enc.weights, enc.seed)
+            if key not in built:
+                built[key] = build_encoder(enc.name, enc.weights, seed=enc.seed)
+            if enc.weights_id and enc.weights_id != built[key].weights_id:
+                raise ValueError(f"{tile_set} encoder weights differ from training: bundle has {enc.weights_id}, "
+                                 f"built {built[key].weights_id}")
+            self.encoders[tile_set] = built[key]
         self.scorer = BundleScorer(bundle)
         self.device = device
         self.batch_size = batch_size
@@ -102,8 +106,8 @@ class SlidePredictor:
         from slidemil.features.extract import TileDataset, encode_tiles
         from slidemil.slides.backends import open_slide
         from slidemil.slides.masks import rasterize_polygons
-        from slidemil.slides.tiling import TilingParams, plan_tiles
-        from slidemil.slides.tissue import TissueParams, segment_tissue
+        from slidemil.slides.tiling import TilingParams, tile_slide
+        from slidemil.slides.tissue import TissueParams
         from slidemil.slides.tissue_qc import contours_to_geojson
 
         t0 = time.perf_counter()
@@ -113,25 +117,32 @@ class SlidePredictor:
         tissue = TissueParams(**spec.tissue) if spec.tissue else TissueParams()
         with open_slide(path, slide_id=slide_id, mpp=mpp) as reader:
             sid = reader.slide_id
-            seg = segment_tissue(reader, tissue)
-            tiles = plan_tiles(reader, seg, tiling)
-            if len(tiles) == 0:
-                raise NoTissueError(sid, "no tissue found to tile (is this an H&E slide?)")
+            seg, tile_sets = tile_slide(reader, tiling, tissue)
+            by_name = {t.name: t for t in tile_sets}
+            tiles = by_name["tiles"]
             timings["segment_and_tile"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            dataset = TileDataset(reader.path, reader.mpp, tiles.coords, tiles.geometry,
-                                  reader_factory=lambda p, m: reader)
-            feats = encode_tiles(dataset, self.encoder, batch_size=self.batch_size, num_workers=0,
-                                 device=self.device)
+            views, feats = {}, {}
+            for name in spec.tile_sets:
+                if name not in by_name:
+                    raise ValueError(f"{sid}: the model needs tile set {name!r}, which the bundle's tiling "
+                                     f"does not produce")
+                ts = by_name[name]
+                views[name] = TileSetView(ts.coords, ts.geometry.level0_px, ts.children)
+                if name in self.encoders:
+                    dataset = TileDataset(reader.path, reader.mpp, ts.coords, ts.geometry,
+                                          reader_factory=lambda p, m: reader)
+                    feats[name] = encode_tiles(dataset, self.encoders[name], batch_size=self.batch_size,
+                                               num_workers=0, device=self.device)
             timings["features"] = time.perf_counter() - t1
             t2 = time.perf_counter()
-            view = TileSetView(tiles.coords, tiles.geometry.level0_px)
-            scored = self.scorer.score(SlideData(sid, None, {"tiles": view}, {"tiles": feats}), explain=heatmap)
+            scored = self.scorer.score(SlideData(sid, None, views, feats), explain=heatmap)
             timings["model"] = time.perf_counter() - t2
             t3 = time.perf_counter()
             out = SlidePrediction(sid, scored, tiles.geometry.level0_px)
             layer = scored.primary
             if heatmap and layer is not None:
+                view, geometry = views[layer.tile_set], by_name[layer.tile_set].geometry
                 params = HeatmapParams(**spec.heatmap) if spec.heatmap else HeatmapParams()
                 thumb, ds = reader.thumbnail(max_side=min(params.canvas_max_side, 1024))
                 image = render_score_layer(thumb, ds, layer, view.coords, view.level0_px, params,
@@ -142,11 +153,11 @@ class SlidePredictor:
                                            title=f"{sid} | {spec.method} | {scored.label}: {layer.name}")
                 out.heatmap_png = png_bytes(image)
                 out.geojson = tiles_to_geojson(view.coords, view.level0_px,
-                                               {la.name: la.values for la in scored.layers if la.tile_set == "tiles"},
+                                               {la.name: la.values for la in scored.layers if la.tile_set == layer.tile_set},
                                                sid)
                 for t in scored.top_tiles(top_k):
                     out.top_tiles.append({**{k: t[k] for k in ("rank", "x", "y", "score")},
-                                          "png": png_bytes(reader.read_tile((t["x"], t["y"]), tiles.geometry))})
+                                          "png": png_bytes(reader.read_tile((t["x"], t["y"]), geometry))})
             timings["heatmap"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
         out.timings = timings

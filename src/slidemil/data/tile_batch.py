@@ -17,9 +17,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from slidemil.slides.backends import open_slide
-from slidemil.slides.errors import NoTissueError, SlideError
-from slidemil.slides.tiling import TilingParams, plan_tile_sets, slide_attrs
-from slidemil.slides.tissue import TissueParams, segment_tissue
+from slidemil.slides.errors import SlideError
+from slidemil.slides.tiling import TilingParams, slide_attrs, tile_slide
+from slidemil.slides.tissue import TissueParams
 from slidemil.slides.tissue_qc import contours_to_geojson, draw_qc
 from slidemil.store import versions
 from slidemil.store.layers import is_current, read_layer_attrs, rewrite_attrs
@@ -98,17 +98,8 @@ def tile_one(job: SlideJob, tiling: TilingParams, tissue: TissueParams, outputs:
             return SlideResult(job.slide_id, "skipped")
         with open_slide(job.path, slide_id=job.slide_id, mpp=job.mpp) as reader:
             reader.use_fallback_mpp(job.default_mpp)
-            seg = segment_tissue(reader, params)
-            if not seg.contours:
-                raise NoTissueError(
-                    job.slide_id,
-                    "tissue segmentation found no tissue (check the QC image; "
-                    "lower tissue.sat_threshold for this slide in the overrides CSV)",
-                )
-            tile_sets = plan_tile_sets(reader, seg, tiling)
+            seg, tile_sets = tile_slide(reader, tiling, params)
             tiles = tile_sets[0]
-            if len(tiles) == 0:
-                raise NoTissueError(job.slide_id, f"no tile reaches min_tissue={tiling.min_tissue}")
             thumb, thumb_ds = reader.thumbnail(max_side=1024)
             attrs = slide_attrs(reader, seg)
         write_geojson(geojson_path, contours_to_geojson(seg, job.slide_id))

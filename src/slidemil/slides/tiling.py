@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slidemil.slides.errors import NoTissueError
 from slidemil.slides.geometry import TileGeometry
 from slidemil.slides.reader import SlideReader
 from slidemil.slides.tile_set import PARENTS, TILES, TileSetLayer
-from slidemil.slides.tissue import TissueSegmentation
+from slidemil.slides.tissue import TissueParams, TissueSegmentation, segment_tissue
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,22 @@ def plan_tile_sets(reader: SlideReader, segmentation: TissueSegmentation, params
     tiles = plan_tiles(reader, segmentation, params)
     parents = plan_parents(reader, segmentation, params, tiles)
     return [tiles] if parents is None else [tiles, parents]
+
+
+def tile_slide(
+    reader: SlideReader, params: TilingParams, tissue: TissueParams
+) -> tuple[TissueSegmentation, list[TileSetLayer]]:
+    """Segment the tissue and plan every tile set of one slide: what the tile stage stores and what serving
+    computes in memory, so both see identical tiles. Raises :class:`NoTissueError` naming the slide when there
+    is no tissue or no tile reaches ``min_tissue``."""
+    seg = segment_tissue(reader, tissue)
+    if not seg.contours:
+        raise NoTissueError(reader.slide_id, "tissue segmentation found no tissue (check the QC image; lower "
+                            "tissue.sat_threshold for this slide in the overrides CSV)")
+    tile_sets = plan_tile_sets(reader, seg, params)
+    if len(tile_sets[0]) == 0:
+        raise NoTissueError(reader.slide_id, f"no tile reaches min_tissue={params.min_tissue}")
+    return seg, tile_sets
 
 
 def _grid_set(

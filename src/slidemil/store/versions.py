@@ -14,10 +14,9 @@ sets it to "now".
 from __future__ import annotations
 
 import hashlib
-import importlib
-from collections.abc import Iterable
-from functools import lru_cache
 from pathlib import Path
+
+from slidemil.utils.hashing import code_version
 
 #: modules whose code decides the tile sets (segmentation, grid, geometry, pixel reads, the tile writer)
 TILE_CODE_MODULES = (
@@ -43,35 +42,12 @@ FEATURE_CODE_MODULES = (
 _EDGE_BYTES = 1 << 20
 
 
-def code_version(modules: Iterable[str]) -> str:
-    """Short hash of the source of ``modules`` (a package counts with every ``.py`` file under it)."""
-    return _code_version(tuple(modules))
-
-
-@lru_cache(maxsize=32)
-def _code_version(modules: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    for name in modules:
-        for f in _source_files(name):
-            h.update(f"{name}:{f.name}\n".encode())
-            h.update(f.read_bytes().replace(b"\r\n", b"\n"))
-    return h.hexdigest()[:16]
-
-
 def tile_code_version() -> str:
     return code_version(TILE_CODE_MODULES)
 
 
 def feature_code_version() -> str:
     return code_version(FEATURE_CODE_MODULES)
-
-
-def _source_files(module: str) -> list[Path]:
-    mod = importlib.import_module(module)
-    origin = Path(mod.__file__ or "")
-    if origin.name == "__init__.py":
-        return sorted(p for p in origin.parent.rglob("*.py") if "__pycache__" not in p.parts)
-    return [origin]
 
 
 def slide_fingerprint(path: str | Path) -> dict[str, object]:
