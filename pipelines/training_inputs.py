@@ -24,21 +24,25 @@ class TrainingInputs:
 
 
 def training_inputs(p: dict) -> TrainingInputs:
+    """Every tile set the features stage encoded (``features.tile_sets``) is loaded and recorded in bundles,
+    so methods that read parents find them; the ``tiles`` set is always there."""
     classes = list(p["data"]["classes"])
     feat_dir = project_path(p["features"]["out_dir"])
     slides = read_manifest(project_path(p["validate"]["manifest_out"]))
     store = SlideStore(project_path(p["tile"]["tiles_dir"]), feat_dir)
-    first = store.features(str(slides["slide_id"].iloc[0]))
-    attrs = first.attrs
-    feature_dims = {"tiles": first.feature_dim}
+    tile_sets = list(dict.fromkeys(["tiles", *p["features"].get("tile_sets", ["tiles"])]))
+    first_slide = str(slides["slide_id"].iloc[0])
+    layers = {ts: store.features(first_slide, ts) for ts in tile_sets}
+    attrs = layers["tiles"].attrs
+    feature_dims = {ts: layer.feature_dim for ts, layer in layers.items()}
     enc = p["features"]["encoder"]
+    encoder = {"role": "frozen", "name": enc["name"], "weights": str(enc["weights"]), "seed": int(enc.get("seed", 0)),
+               "weights_id": attrs.get("weights_id")}
     context = {
-        "components": {"encoders": {"tiles": {
-            "role": "frozen", "name": enc["name"], "weights": str(enc["weights"]), "seed": int(enc.get("seed", 0)),
-            "weights_id": attrs.get("weights_id"), "feature_dim": feature_dims["tiles"]}}},
-        "tile_sets": ["tiles"],
+        "components": {"encoders": {ts: {**encoder, "feature_dim": d} for ts, d in feature_dims.items()}},
+        "tile_sets": tile_sets,
         "tiling": {k: v for k, v in p["tiling"].items() if k != "workers"},
         "tissue": dict(p["tissue"]["params"]),
         "heatmap": dict(p["heatmaps"]["render"]),
     }
-    return TrainingInputs(slides, classes, store_source(store), feature_dims, attrs, context)
+    return TrainingInputs(slides, classes, store_source(store, tile_sets), feature_dims, attrs, context)

@@ -104,7 +104,7 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
                 tracker.metrics({k: v for k, v in row.items() if k != "fold" and not pd.isna(v)})
                 bundle = ModelBundle(BundleSpec(
                     method=spec.method, method_config=spec.method_config, class_names=spec.class_names,
-                    **spec.bundle_context,
+                    **_context_for(method, spec.bundle_context),
                     metadata={"fold": int(fold), "cv_parent_run_id": parent_id, "fold_run_id": fold_run_id,
                               "best_epoch": res.best_epoch, "monitor": res.monitor, "best_score": res.best_score,
                               "val_loss": res.best_val_loss, **spec.extra_params},
@@ -140,6 +140,15 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
         bundle_dir = ModelBundle.load(bundles[best_fold]).save(out_dir / "bundle")
         tracker.bundle(str(bundle_dir))
     return CVResult(spec.name, parent_id, per_fold, preds, summary, best_fold, bundle_dir)
+
+
+def _context_for(method, context: dict) -> dict:
+    """The bundle context restricted to the tile sets this method reads (serving encodes only those)."""
+    needed = set(method.input_dims()) | {"tiles"}
+    components = dict(context.get("components", {}))
+    components["encoders"] = {k: v for k, v in components.get("encoders", {}).items() if k in needed}
+    tile_sets = [t for t in context.get("tile_sets", ["tiles"]) if t in needed]
+    return {**context, "components": components, "tile_sets": tile_sets}
 
 
 def _write_artifacts(out_dir: Path, spec: CVSpec, splits: pd.DataFrame, per_fold: pd.DataFrame,
