@@ -10,7 +10,7 @@ probabilities on an absolute 0-1 scale). Pure functions (numpy in, numpy out), t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,56 +18,38 @@ import cv2
 import numpy as np
 
 from slidemil.evaluation.heatmap import HeatmapParams, legend_labels, paint_score_layer, with_legend
-from slidemil.methods import ScoreLayer, TileSetView
+from slidemil.methods import ScoreLayer
+from slidemil.scoring import ScoredSlide
 from slidemil.slides.masks import rasterize_polygons, to_mask_px
 from slidemil.utils.geojson import polygons
 
 CONTOUR_RGB = (0, 170, 60)
 
 
-@dataclass(frozen=True)
-class SlideRecord:
-    """One slide's ``record.json``: prediction, score layers over tile sets, top tiles and where it came from."""
+@dataclass
+class SlideRecord(ScoredSlide):
+    """One slide's ``record.json``: the scored slide (prediction, score layers over tile sets) plus the top
+    tiles the stage saved and where the record came from."""
 
-    slide_id: str
-    label: str  # predicted class
-    probabilities: dict[str, float]
-    layers: list[ScoreLayer]
-    tile_sets: dict[str, TileSetView]
-    top_tiles: list[dict]
-    true_label: str
-    family: str
-    fold: int
-    slide_dims: tuple[int, int]  # level-0 (w, h)
-    thumb_downsample: float  # level-0 px per thumbnail px
+    saved_top_tiles: list[dict] = field(default_factory=list)
+    true_label: str = ""
+    family: str = ""
+    fold: int = -1
+    slide_dims: tuple[int, int] = (0, 0)  # level-0 (w, h)
+    thumb_downsample: float = 1.0  # level-0 px per thumbnail px
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SlideRecord:
         """Parse the stage's JSON; a missing key raises ValueError naming it (an incomplete or foreign file)."""
         try:
-            tile_sets = {name: TileSetView(np.asarray(ts["coords"], dtype=np.int64).reshape(-1, 2),
-                                           int(ts["level0_px"])) for name, ts in d["tile_sets"].items()}
-            layers = [ScoreLayer(la["name"], la["tile_set"], np.asarray(la["values"], dtype=np.float64), la["kind"],
-                                 la.get("class_name"), la.get("description", "")) for la in d["layers"]]
-            return cls(slide_id=str(d["slide_id"]), label=str(d["label"]),
-                       probabilities={str(k): float(v) for k, v in d["probabilities"].items()}, layers=layers,
-                       tile_sets=tile_sets, top_tiles=list(d["top_tiles"]), true_label=str(d["true_label"]),
+            base = ScoredSlide.from_record(d)
+            return cls(**{f.name: getattr(base, f.name) for f in fields(ScoredSlide)},
+                       saved_top_tiles=list(d["top_tiles"]), true_label=str(d["true_label"]),
                        family=str(d["family"]), fold=int(d["fold"]),
                        slide_dims=(int(d["slide_width"]), int(d["slide_height"])),
                        thumb_downsample=float(d["thumb_downsample"]))
         except KeyError as e:
             raise ValueError(f"record.json has no {e.args[0]!r}") from e
-
-    @property
-    def primary(self) -> ScoreLayer | None:
-        """The layer the stage painted and ranked its top tiles by (the method lists it first)."""
-        return self.layers[0] if self.layers else None
-
-    def layer(self, name: str) -> ScoreLayer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(f"{self.slide_id}: no score layer {name!r}; has {[la.name for la in self.layers]}")
 
     def stage_title(self, layer: ScoreLayer) -> str:
         """The title line the heatmaps stage prints on its image (kept equal so the stage's image is reproduced)."""

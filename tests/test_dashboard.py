@@ -534,7 +534,7 @@ def test_slide_without_record_says_to_rerun_the_stage(tmp_path, monkeypatch):
     (out / "old" / "record.json").write_text(json.dumps({"slide_id": "old", "layers": []}))  # a foreign file
     at.run()
     _no_exception(at)
-    assert any("record.json has no 'tile_sets'" in i.value and "dvc repro heatmaps" in i.value for i in at.info)
+    assert any("record.json has no 'probabilities'" in i.value and "dvc repro heatmaps" in i.value for i in at.info)
 
 
 def test_registry_page_shows_champion_and_challenger(dashboard_project, monkeypatch):
@@ -645,7 +645,7 @@ def test_record_of_a_scored_bundle_is_parsed(toy_scored):
     assert np.allclose(rec.primary.values, toy_scored.primary.values)
     assert np.array_equal(rec.tile_sets["tiles"].coords, toy_scored.tile_sets["tiles"].coords)
     assert rec.probabilities == pytest.approx(toy_scored.probabilities) and rec.label == toy_scored.label
-    assert rec.top_tiles == toy_scored.top_tiles(3)
+    assert rec.saved_top_tiles == toy_scored.top_tiles(3)
     assert (rec.fold, rec.family, rec.slide_dims) == (2, "abmil", (1024, 768))
     assert rec.stage_title(rec.primary) == f"toy | abmil fold 2 | {toy_scored.label}: attention"
     with pytest.raises(KeyError, match="no score layer 'nope'"):

@@ -22,7 +22,7 @@ def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         DVC_NO_ANALYTICS="1",
         GX_ANALYTICS_ENABLED="false",
-        PYTHONPATH=str(cwd),
+        PYTHONPATH=f"{cwd / 'src'}{os.pathsep}{cwd}",  # the copied project, not the editable install
     )
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:

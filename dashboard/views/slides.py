@@ -148,7 +148,7 @@ with right:
 # ---- top tiles ---------------------------------------------------------------------------------------
 if record is not None and record.primary is not None:
     st.subheader(f"Top tiles by {record.primary.name}")
-    saved = [(t, hv.top_tile_image(folder / "top_tiles", slide, t)) for t in record.top_tiles]
+    saved = [(t, hv.top_tile_image(folder / "top_tiles", slide, t)) for t in record.saved_top_tiles]
     shown = [(t, p) for t, p in saved if p is not None]
     if shown:
         st.image([str(p) for _, p in shown],

@@ -7,6 +7,7 @@ is :func:`slidemil.evaluation.heatmap.render_score_layer`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,16 @@ class ScoredSlide:
         order = ranked_indices(values, k)
         return [{"rank": r, "index": int(i), "x": int(coords[i][0]), "y": int(coords[i][1]),
                  "score": float(values[i])} for r, i in enumerate(order, start=1)]
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> ScoredSlide:
+        """Inverse of :meth:`record` (its top tiles are recomputed from the layers, not read)."""
+        probabilities = {str(k): float(v) for k, v in d["probabilities"].items()}
+        tile_sets = {name: TileSetView(np.asarray(ts["coords"], dtype=np.int64).reshape(-1, 2), int(ts["level0_px"]))
+                     for name, ts in d["tile_sets"].items()}
+        label = str(d["label"])
+        return cls(str(d["slide_id"]), probabilities, label, list(probabilities).index(label),
+                   [ScoreLayer.from_dict(la) for la in d["layers"]], tile_sets)
 
     def record(self, top_k: int = 5) -> dict[str, Any]:
         """Machine-readable record of the slide (what the heatmaps stage writes and the dashboard reads)."""

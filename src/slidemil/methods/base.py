@@ -50,6 +50,12 @@ class ScoreLayer:
         return {"name": self.name, "tile_set": self.tile_set, "kind": self.kind, "class_name": self.class_name,
                 "description": self.description, "values": [float(v) for v in np.asarray(self.values)]}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScoreLayer:
+        """Inverse of :meth:`to_dict` (a record read back by the dashboard)."""
+        return cls(d["name"], d["tile_set"], np.asarray(d["values"], dtype=np.float64), d["kind"],
+                   d.get("class_name"), d.get("description", ""))
+
 
 @dataclass(frozen=True)
 class LayerSpec:
