@@ -11,6 +11,7 @@ a nested MLflow run under one parent run per tuning invocation.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,9 @@ class TuneConfig:
     metric: str = "val_loss"  # val_loss (minimise) or val_auc / val_balanced_accuracy (maximise)
     folds: list[int] = field(default_factory=lambda: [0])
     seed: int = 0
+    #: this process's index among the processes sharing the study (env SLIDEMIL_TUNE_WORKER); the sampler is
+    #: seeded with seed + worker, so one worker reproduces its trials and several never draw the same ones
+    worker: int = field(default_factory=lambda: int(os.environ.get("SLIDEMIL_TUNE_WORKER", "0")))
     pruner_warmup_epochs: int = 5
     space: SearchSpace = field(default_factory=SearchSpace)
 
@@ -89,7 +93,7 @@ def create_study(cfg: TuneConfig) -> optuna.Study:
         storage=cfg.storage,
         direction=cfg.direction,
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=None),  # seeded samplers would repeat trials across workers
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed + cfg.worker),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.pruner_warmup_epochs),
     )
 
