@@ -559,3 +559,23 @@ def test_bento_packages_cover_a_real_prediction(store, inputs):
         if dists and not dists & provided and "slidemil" not in dists and mod not in OPTIONAL_IMPORTS:
             missing[mod] = sorted(dists)
     assert not missing, f"imported at run time but not in serving/bentofile.yaml: {missing}"
+
+
+def test_mean_pool_champion_serves_a_heatmap(inputs, tmp_path):
+    """A pooling champion has no attention; it explains with tile contributions and still serves a heatmap."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, result = register_random_bundle(uri, tmp_path, MODEL, encoder="resnet18", method="mean_pool",
+                                       classes=tuple(CLASSES), seed=3, heatmap={"canvas_max_side": 512})
+    assert result["alias"] == "champion"
+    env = {"MLFLOW_TRACKING_URI": uri, "BENTOML_HOME": str(tmp_path / "bentoml_home"), "SLIDEMIL_MODEL_NAME": MODEL}
+    srv = BentoServer(env, tmp_path / "server.log")
+    srv.start()
+    try:
+        resp = _post_file(srv.url, "predict", "slide", inputs["svs"], top_k=2)
+    finally:
+        srv.stop()
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["score_layer"] == {"name": "contribution", "kind": "contribution"}
+    assert min(_png(out["heatmap_png_base64"]).size) > 16
+    assert len(out["top_tiles"]) == 2 and len(out["geojson"]["features"]) == out["n_tiles"]
