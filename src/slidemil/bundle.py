@@ -6,7 +6,7 @@ is registered and its config valid, class names unique and as many as the model'
 every tile set the method reads with the feature size the model expects, tile sets the tiling can produce.
 Components are listed by role (frozen or trained encoders, segmenter, stain fitter), so a method that brings
 its own encoder or a segmenter needs no new bundle format. Serving, the dashboard and the CLI load only this;
-it imports torch and the method registry, never Lightning. Decisions: docs/adr/0007-method-contract.md.
+it imports torch and the method registry, never Lightning. Decisions: docs/adr/0007-method-contract-and-bundle-format-2.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The method contract and its registry; importing this package registers the built-in methods.
 
-See :mod:`slidemil.methods.base` for the contract and docs/adr/0007-method-contract.md for its reasons.
+See :mod:`slidemil.methods.base` for the contract and docs/adr/0007-method-contract-and-bundle-format-2.md for its reasons.
 """
 
 from slidemil.methods import mil as _mil  # noqa: F401  (registers clam_sb, clam_mb, abmil, mean_pool, max_pool)

@@ -1,5 +1,5 @@
 """The method contract: everything training, tuning, bundles, heatmaps, serving and the dashboard may ask of
-a method, so that a new method is one module plus its config (docs/adr/0007-method-contract.md).
+a method, so that a new method is one module plus its config (docs/adr/0007-method-contract-and-bundle-format-2.md).
 
 A :class:`Method` owns its config class, model, bag builder, losses, optimiser, search space, selection
 metric, how several bags of one slide become one prediction, and :meth:`Method.explain`, which returns named
