@@ -16,6 +16,14 @@ from slidemil.segmenters.base import (
     register_segmenter,
 )
 from slidemil.segmenters.frames import contour_boxes, contour_frames, render_frame
+from slidemil.segmenters.layer import (
+    KIND,
+    read_segments,
+    segments_from_layer,
+    segments_resume_key,
+    write_segments,
+)
+from slidemil.segmenters.overlay import save_png, segment_overlay
 from slidemil.segmenters.sam import CHECKPOINT_URLS, MissingCheckpoint
 from slidemil.segmenters.segments import (
     UNSEGMENTED,
@@ -29,6 +37,7 @@ from slidemil.segmenters.segments import (
 
 __all__ = [
     "CHECKPOINT_URLS",
+    "KIND",
     "UNSEGMENTED",
     "Frame",
     "MissingCheckpoint",
@@ -43,6 +52,12 @@ __all__ = [
     "frame_downsample",
     "from_groups",
     "masks_to_segments",
+    "read_segments",
     "register_segmenter",
     "render_frame",
+    "save_png",
+    "segment_overlay",
+    "segments_from_layer",
+    "segments_resume_key",
+    "write_segments",
 ]
