@@ -14,16 +14,11 @@ import time
 
 from pipelines.common import load_params, project_path, setup_logging
 from slidemil.data.manifest import read_manifest
-from slidemil.segmenters import (
-    KIND,
-    SlideInput,
-    build_segmenter,
-    contour_boxes,
-    save_png,
-    segment_overlay,
-    segments_resume_key,
-    write_segments,
-)
+from slidemil.segmenters.base import SlideInput
+from slidemil.segmenters.frames import contour_boxes
+from slidemil.segmenters.layer import KIND, segments_resume_key, write_segments
+from slidemil.segmenters.overlay import save_png, segment_overlay
+from slidemil.segmenters.registry import build_segmenter
 from slidemil.slides import open_slide
 from slidemil.store import SlideStore, is_current, read_feature_attrs, tiles_digest
 from slidemil.utils.atomic import write_json_atomic

@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 from slidemil.methods import LayerSpec
-from slidemil.segmenters import KIND, Segments, read_segments, segments_resume_key, write_segments
+from slidemil.segmenters import Segments
+from slidemil.segmenters.layer import KIND, read_segments, segments_resume_key, write_segments
 from slidemil.slides import open_slide
 from slidemil.slides.tile_set import TileSetLayer
 from slidemil.store import LayerError, SlideStore, tiles_digest, write_features, write_tile_sets

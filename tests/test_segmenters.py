@@ -6,17 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slidemil.segmenters import (
-    Frame,
-    MissingCheckpoint,
-    SegmentMask,
-    SlideInput,
-    build_segmenter,
-    contour_frames,
-    frame_downsample,
-    masks_to_segments,
-)
-from slidemil.segmenters.sam import CHECKPOINT_URLS, SamSegmenter
+from slidemil.segmenters import Frame, SegmentMask, frame_downsample, masks_to_segments
+from slidemil.segmenters.base import SlideInput
+from slidemil.segmenters.frames import contour_frames
+from slidemil.segmenters.registry import build_segmenter
+from slidemil.segmenters.sam import CHECKPOINT_URLS, MissingCheckpoint, SamSegmenter
 
 
 def test_masks_to_segments_hand_made():

@@ -9,7 +9,7 @@ offline alternatives and never called SAM (methods.md section D).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -71,28 +71,16 @@ class Segmenter:
 
 
 S = TypeVar("S", bound=type[Segmenter])
-_REGISTRY: dict[str, type[Segmenter]] = {}
+#: kind -> class; filled by the segmenter modules, which :mod:`slidemil.segmenters.registry` imports
+REGISTRY: dict[str, type[Segmenter]] = {}
 
 
 def register_segmenter(kind: str) -> Callable[[S], S]:
     def decorate(cls: S) -> S:
-        if kind in _REGISTRY and _REGISTRY[kind] is not cls:
+        if kind in REGISTRY and REGISTRY[kind] is not cls:
             raise ValueError(f"segmenter {kind!r} already registered")
-        _REGISTRY[kind] = cls
+        REGISTRY[kind] = cls
         cls.kind = kind
         return cls
 
     return decorate
-
-
-def available_segmenters() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def build_segmenter(spec: str, settings: Mapping[str, Mapping[str, Any]] | None = None) -> Segmenter:
-    """``"slic"``, ``"kmeans"`` or ``"sam:<vit_b|vit_l|vit_h>"``; ``settings[kind]`` holds its knobs
-    (params.yaml ``segment.<kind>``)."""
-    kind, _, variant = spec.partition(":")
-    if kind not in _REGISTRY:
-        raise KeyError(f"unknown segmenter {spec!r}; known: {available_segmenters()} (SAM as sam:vit_b|vit_l|vit_h)")
-    return _REGISTRY[kind](variant or None, **dict((settings or {}).get(kind, {})))

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from slidemil.methods import LayerSpec, Method, SlideData, TileSetView
-from slidemil.segmenters import KIND as SEGMENTS
-from slidemil.segmenters import segments_from_layer
+from slidemil.segmenters.layer import KIND as SEGMENTS
+from slidemil.segmenters.layer import segments_from_layer
 from slidemil.store import SlideStore, tiles_digest
 
 
