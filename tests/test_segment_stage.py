@@ -104,3 +104,15 @@ def test_segment_stage_writes_layer_overlay_and_resumes(project, monkeypatch, se
     assert "segments" not in store_source(store).load("cmu").layers
     loaded = store_source(store, layers=[LayerSpec("segments")]).load("cmu").layers["segments"]
     np.testing.assert_array_equal(loaded.pairs, seg.pairs)
+
+
+def test_training_inputs_ask_for_segments_only_when_a_method_needs_them():
+    from pipelines.common import load_params
+    from pipelines.training_inputs import extra_layers
+
+    p = load_params()  # the demo's params.yaml: no method reads segments
+    assert extra_layers(p) == []
+    p["train"]["models"] = [*p["train"]["models"], "sam_mil"]
+    assert extra_layers(p) == [LayerSpec("segments")]
+    p["train"]["models"], p["heatmaps"]["model"] = ["abmil"], "sam_mil"
+    assert extra_layers(p) == [LayerSpec("segments")]
