@@ -29,7 +29,8 @@ def segment_overlay(thumbnail: np.ndarray, downsample: float, coords: np.ndarray
     h, w = out.shape[:2]
     for (x, y), g in zip(np.asarray(coords), group, strict=True):
         c0, r0 = int(x / downsample), int(y / downsample)
-        c1, r1 = min(w, max(c0 + 1, int((x + tile_level0_px) / downsample))), min(h, max(r0 + 1, int((y + tile_level0_px) / downsample)))
+        c1 = min(w, max(c0 + 1, int((x + tile_level0_px) / downsample)))
+        r1 = min(h, max(r0 + 1, int((y + tile_level0_px) / downsample)))
         out[r0:r1, c0:c1] = (1 - alpha) * out[r0:r1, c0:c1] + alpha * colours[g]
     return np.clip(out, 0, 255).astype(np.uint8)
 
