@@ -23,6 +23,7 @@ from slidemil.bundle import BundleSpec, ModelBundle
 from slidemil.data.splits import SplitConfig, make_splits
 from slidemil.methods import SlideData, TileSetView, available_methods, get_method
 from slidemil.scoring import BundleScorer
+from slidemil.segmenters import from_groups
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.data import CachedSource, SlideRef
@@ -35,9 +36,20 @@ SCALE = 2  # parents 2x coarser: 4 children each
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def synthetic_segments(grid: np.ndarray) -> object:
+    """Regions for methods that read a ``segments`` layer: the 2 x 4 blocks of the grid, one region
+    spanning two blocks (tiles in two segments), a one-tile region, and the rest of the last two rows unsegmented."""
+    rows, cols = grid.shape
+    blocks = [grid[r:r + 2, c:c + 4].ravel() for r in range(0, rows - 2, 2) for c in range(0, cols, 4)]
+    members = [*blocks, grid[1:3, 2:6].ravel(), np.array([grid[4, 0]])]
+    areas = [8.0 * 5000] * len(blocks) + [8.0 * 5000, 900.0]
+    return from_groups(grid.size, members, areas, 5000.0)
+
+
 def synthetic_slide(slide_id: str, label: int, rng: np.random.Generator) -> SlideData:
-    """A 6 x 8 grid of tiles with features (signal tiles on tumour slides) and a parents set whose children
-    are the 2 x 2 tiles below each parent; one child is dropped per slide to exercise the -1 marker."""
+    """A 6 x 8 grid of tiles with features (signal tiles on tumour slides), a parents set whose children
+    are the 2 x 2 tiles below each parent (one child is dropped per slide to exercise the -1 marker), and a
+    ``segments`` layer (:func:`synthetic_segments`)."""
     rows, cols, px = 6, 8, 224
     ys, xs = np.mgrid[0:rows, 0:cols]
     coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64) * px
@@ -53,7 +65,8 @@ def synthetic_slide(slide_id: str, label: int, rng: np.random.Generator) -> Slid
     p_feats = np.stack([feats[k[k >= 0]].mean(0) for k in children]).astype(np.float32)
     return SlideData(slide_id, None,
                      {"tiles": TileSetView(coords, px), "parents": TileSetView(p_coords, px * SCALE, children)},
-                     {"tiles": feats, "parents": p_feats})
+                     {"tiles": feats, "parents": p_feats},
+                     {"segments": synthetic_segments(np.arange(rows * cols).reshape(rows, cols))})
 
 
 @pytest.fixture(scope="module")

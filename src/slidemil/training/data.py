@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from slidemil.methods import Method, SlideData, TileSetView
-from slidemil.store import SlideStore
+from slidemil.methods import LayerSpec, Method, SlideData, TileSetView
+from slidemil.segmenters.layer import KIND as SEGMENTS
+from slidemil.segmenters.layer import segments_from_layer
+from slidemil.store import SlideStore, tiles_digest
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,26 @@ class CachedSource:
         return self._cache[slide_id]
 
 
-def store_source(store: SlideStore, tile_sets: Sequence[str] = ("tiles",)) -> CachedSource:
+def store_source(store: SlideStore, tile_sets: Sequence[str] = ("tiles",),
+                 layers: Sequence[LayerSpec] = ()) -> CachedSource:
     """A source over the pipeline's store: each tile set's geometry (and children) from the tile file, its
-    features from the feature file, checked to be the encoding of exactly those tiles."""
+    features from the feature file, checked to be the encoding of exactly those tiles. ``layers`` adds further
+    layers methods require (``LayerSpec("segments")``: memberships checked to index the current tile set)."""
+    extra = [spec for spec in layers if spec.kind not in ("tile_set", "features")]
+    for spec in extra:
+        if spec.kind != SEGMENTS:
+            raise ValueError(f"store_source cannot load layer {spec} yet")
 
     def load(slide_id: str) -> SlideData:
-        views, feats = {}, {}
+        views, feats, more = {}, {}, {}
         for name in tile_sets:
             tiles = store.tile_set(slide_id, name)
             views[name] = TileSetView(tiles.coords, int(tiles.geometry.level0_px), tiles.children)
             feats[name] = store.features(slide_id, name).features
-        return SlideData(slide_id, None, views, feats)
+        for spec in extra:
+            digest = tiles_digest(store.tile_set(slide_id, spec.name))
+            more[SEGMENTS] = segments_from_layer(store.layer(slide_id, SEGMENTS), digest)
+        return SlideData(slide_id, None, views, feats, more)
 
     return CachedSource(load)
 
