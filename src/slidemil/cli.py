@@ -11,7 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-
 #: how a CLI user supplies a missing pixel size
 MPP_REMEDY = "pass it with --mpp (for example --mpp 0.5 for a 20x scan)"
 

@@ -7,8 +7,10 @@ asks this module first, and every entry point (pipeline, CLI, serving) gets the 
 
 - :class:`TruncatedSlideError`: the file ends before its own structure says it should (a header, an image
   directory or image data lies beyond the last byte; a PNG without ``IEND``, a JPEG without ``EOI``);
-- :class:`CorruptSlideError`: the content is not what the name says (an ``.svs`` that is not a TIFF), or the
-  structure is damaged (a looping directory chain, a header the TIFF/DICOM parser rejects).
+- :class:`CorruptSlideError`: the structure is damaged (a looping directory chain, a header the TIFF/DICOM
+  parser rejects);
+- :class:`UnsupportedFormatError`: the content is not the format the name says (an ``.svs`` that is not a
+  TIFF, a ``.png`` that is not a PNG), as serving's upload check answers it (415).
 
 Only structure is read (TIFF directories and strip/tile tables, a DICOM header and the end of its pixel
 data), never pixels, so the check costs milliseconds even for a multi-gigabyte slide. A file that passes is
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from slidemil.slides.backends.common import library_message
 from slidemil.slides.backends.sniff import DICOM_SUFFIXES, TIFF_FAMILY_SUFFIXES, TIFF_MAGICS
-from slidemil.slides.errors import CorruptSlideError, TruncatedSlideError
+from slidemil.slides.errors import CorruptSlideError, TruncatedSlideError, UnsupportedFormatError
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DICOM_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD) + zero length, little endian
@@ -64,14 +66,14 @@ def _check_file(path: Path, sid: str, size: int) -> None:
     elif head[128:132] == b"DICM":
         _check_dicom(path, sid, size)
     elif suffix in TIFF_FAMILY_SUFFIXES:
-        raise CorruptSlideError(
+        raise UnsupportedFormatError(
             sid, f"{name} is named {suffix}, a TIFF-based format, but does not start with a TIFF header "
             f"(first bytes: {head[:8].hex(' ')})",
         )
     elif suffix in DICOM_SUFFIXES:
         if size < 132:
             raise TruncatedSlideError(sid, f"{name} is {size} bytes, shorter than the 132-byte DICOM preamble")
-        raise CorruptSlideError(sid, f"{name} is named {suffix} but has no DICOM 'DICM' marker at byte 128")
+        raise UnsupportedFormatError(sid, f"{name} is named {suffix} but has no DICOM 'DICM' marker at byte 128")
     elif suffix == ".png":
         _check_signature(sid, name, head, _PNG_MAGIC, "PNG")
         if b"IEND" not in _read_tail(path, 64):
@@ -89,7 +91,7 @@ def _check_file(path: Path, sid: str, size: int) -> None:
 
 def _check_signature(sid: str, name: str, head: bytes, magic: bytes, fmt: str) -> None:
     if not head.startswith(magic):
-        raise CorruptSlideError(sid, f"{name} is not a {fmt} file as its name says (first bytes: {head[:8].hex(' ')})")
+        raise UnsupportedFormatError(sid, f"{name} is not a {fmt} file as its name says (first bytes: {head[:8].hex(' ')})")
 
 
 def _check_tiff(path: Path, sid: str, size: int, head: bytes) -> None:
@@ -190,6 +192,12 @@ def _check_dicom(path: Path, sid: str, size: int) -> None:
     if any("end of file" in str(w.message).lower() for w in caught):
         raise TruncatedSlideError(
             sid, f"{path.name}: the DICOM pixel data ends before its delimiter: the file was cut short "
+            "(incomplete copy or upload?)",
+        )
+    meta_end = 132 + 12 + int(ds.file_meta.get("FileMetaInformationGroupLength", 0) or 0)
+    if meta_end > size or "SOPClassUID" not in ds:
+        raise TruncatedSlideError(
+            sid, f"{path.name} is {size:,} bytes and ends inside its DICOM header: the file was cut short "
             "(incomplete copy or upload?)",
         )
     if complete_tail:
