@@ -8,7 +8,7 @@ from pipelines.common import load_params, project_path, setup_logging
 from slidemil.data.manifest import read_manifest
 from slidemil.encoders.registry import build_encoder
 from slidemil.features.extract import FeatureExtractionError, extract_many
-from slidemil.utils.atomic import write_json_atomic
+from slidemil.utils.atomic import remove_stale_temps, write_json_atomic
 
 
 def main() -> int:
@@ -23,6 +23,9 @@ def main() -> int:
     slide_ids = read_manifest(project_path(p["validate"]["manifest_out"]))["slide_id"]
     tiles_dir = project_path(p["tile"]["tiles_dir"])
     out_dir = project_path(f["out_dir"])
+    swept = remove_stale_temps(out_dir)  # a killed earlier run's half-written files (.dvcignore hides them too)
+    if swept:
+        log.info("removed %d temporary file(s) left by an interrupted run in %s", swept, out_dir)
     try:
         summary = extract_many([tiles_dir / f"{s}.h5" for s in slide_ids], encoder, out_dir,
                                tile_sets=tuple(f.get("tile_sets", ["tiles"])), batch_size=f["batch_size"],

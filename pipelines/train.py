@@ -10,7 +10,7 @@ from pipelines.common import ROOT, load_params, project_path, setup_logging
 from pipelines.training_inputs import training_inputs
 from slidemil.data.splits import SplitConfig, check_no_leakage, make_splits
 from slidemil.methods import get_method
-from slidemil.tracking import dvc_out_hash, setup_tracking
+from slidemil.tracking import dvc_out_hash, guard_runs, setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.cross_validation import CVSpec, run_cross_validation
 from slidemil.training.run_log import global_rank
@@ -46,7 +46,7 @@ def main() -> int:
     if global_rank() == 0:
         with atomic_path(project_path(t["splits_out"])) as tmp:
             splits.to_csv(tmp, index=False)
-    setup_tracking(ROOT, t["experiment"])
+    guard_runs(setup_tracking(ROOT, t["experiment"]))  # runs of killed stages end FAILED/KILLED
     data_version = {"features_md5": dvc_out_hash(ROOT, "features") or "unknown",
                     "tiles_md5": dvc_out_hash(ROOT, "tile") or "unknown"}
     results = {}

@@ -10,7 +10,7 @@ import sys
 from pipelines.common import ROOT, load_params, project_path, setup_logging
 from pipelines.training_inputs import training_inputs
 from slidemil.data.splits import SplitConfig, make_splits
-from slidemil.tracking import setup_tracking
+from slidemil.tracking import guard_runs, setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.tuning import SearchSpace, TuneConfig, export_best, run_tuning
 
@@ -31,7 +31,7 @@ def main() -> int:
                                        trainer={k: tuple(v) for k, v in space.get("trainer", {}).items()},
                                        fields=dict(space.get("fields") or {})))
     base_train = TrainConfig.from_dict({**tr["trainer"], **t["trainer"]})
-    setup_tracking(ROOT, tr["experiment"])
+    guard_runs(setup_tracking(ROOT, tr["experiment"]))  # runs of killed stages end FAILED/KILLED
     study = run_tuning(inputs.slides, splits, cfg, dict(tr["methods"]), base_train, inputs.classes,
                        inputs.source, inputs.feature_dims)
     best = export_best(study, project_path(t["best_params"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from pipelines.common import load_params, project_path, setup_logging
-from slidemil.data.manifest import read_manifest, write_manifest
+from slidemil.data.manifest import ManifestError, read_manifest, write_manifest
 from slidemil.data.validation import validate_manifest, write_report
 
 
@@ -14,7 +14,11 @@ def main() -> int:
     p = load_params()
     manifest_path = project_path(p["data"]["manifest"])
     out = p["validate"]
-    df = read_manifest(manifest_path)
+    try:
+        df = read_manifest(manifest_path)
+    except (ManifestError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
     report = validate_manifest(df, p["data"]["classes"], p["slides"].get("default_mpp"))
     write_report(report, project_path(out["report_json"]), project_path(out["report_html"]))
     print(report.summary(), file=sys.stderr)

@@ -92,7 +92,7 @@ class SlideMIL:
     @bentoml.api
     def predict(
         self,
-        slide: Annotated[Path, Field(description="the slide: .svs, .tif/.tiff, .ndpi, .png or .jpg/.jpeg")],
+        slide: Annotated[Path, Field(description="the slide: .svs, .tif/.tiff, .ndpi, .dcm (DICOM WSI), .png or .jpg/.jpeg")],
         mpp: Annotated[
             float | None,
             Field(description="microns per pixel; required when the file has none (plain PNG/JPEG images)"),
@@ -271,7 +271,14 @@ def _load_champion(model_name: str, alias: str):
 
 def _slide_error(exc: Exception, name: str, private_name: str) -> Exception:
     """Slide problems -> client errors that name the client's file; anything else is left to become a 500."""
-    from slidemil.slides.errors import MissingMppError, NoTissueError, SlideError, UnsupportedFormatError
+    from slidemil.slides.errors import (
+        CorruptSlideError,
+        MissingMppError,
+        NoTissueError,
+        SlideError,
+        TruncatedSlideError,
+        UnsupportedFormatError,
+    )
 
     if isinstance(exc, ServingError):
         return exc
@@ -287,6 +294,10 @@ def _slide_error(exc: Exception, name: str, private_name: str) -> Exception:
         )
     if isinstance(exc, UnsupportedFormatError):
         return ServingError(415, "unsupported_format", f"{name}: {exc.problem}")
+    if isinstance(exc, TruncatedSlideError):
+        return ServingError(422, "truncated_slide", f"{name}: {exc.problem}")
+    if isinstance(exc, CorruptSlideError):
+        return ServingError(422, "corrupt_slide", f"{name}: {exc.problem}")
     if isinstance(exc, NoTissueError):
         return ServingError(422, "no_tissue", f"{name}: {exc.problem}")
     if isinstance(exc, SlideError):

@@ -20,6 +20,7 @@ SLIDE_SUFFIXES = {
     ".tif": "tiff",
     ".tiff": "tiff",
     ".ndpi": "tiff",
+    ".dcm": "dicom",  # a single-file DICOM WSI instance (Part 10: 'DICM' after the 128-byte preamble)
     ".png": "png",
     ".jpg": "jpeg",
     ".jpeg": "jpeg",

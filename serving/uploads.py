@@ -160,9 +160,11 @@ def client_filename(uploaded: Path) -> str:
 
 
 def sniff(path: Path) -> str | None:
-    """File family from the first bytes ("tiff", "png", "jpeg", "hdf5") or None."""
+    """File family from the first bytes ("tiff", "png", "jpeg", "hdf5", "dicom") or None."""
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(132)
+    if head[128:132] == b"DICM":  # DICOM Part 10: the marker follows a 128-byte preamble
+        return "dicom"
     return next((fam for fam, magics in _MAGIC.items() if any(head.startswith(m) for m in magics)), None)
 
 

@@ -256,6 +256,27 @@ def test_not_a_slide(server, inputs, key, name, status, needle):
     assert needle in _error(resp)["error"]
 
 
+def test_damaged_slides_are_4xx_naming_the_problem(server, inputs, tmp_path, slides_dir):
+    """Truncated and cut-header slides: 422 with the problem (not 500, not 'plain image without mpp');
+    a DICOM WSI is accepted and, lacking PixelSpacing, asks for `mpp`."""
+    svs = inputs["svs"].read_bytes()
+    cases = [
+        ("short.svs", b"II*\x00\x07", "truncated_slide", "5 bytes, shorter than the 8-byte TIFF header"),
+        ("half.svs", svs[: len(svs) // 2], "truncated_slide", "the file was cut short"),
+        ("cut.svs", svs[:-100], "truncated_slide", "stores data up to byte"),
+    ]
+    for name, content, code, needle in cases:
+        (tmp_path / name).write_bytes(content)
+        resp = _post_file(server["url"], "predict", "slide", tmp_path / name)
+        assert resp.status_code == 422, resp.text
+        err = _error(resp)
+        assert err["code"] == code and err["error"].startswith(f"{name}: ") and needle in err["error"], err
+        assert "upload" not in err["error"].split(":")[0]  # the client's name, not the server's private one
+    resp = _post_file(server["url"], "predict", "slide", slides_dir / "small_HE_dicom.dcm")
+    assert resp.status_code == 422 and _error(resp)["code"] == "missing_mpp", resp.text
+    assert requests.post(f"{server['url']}/health", json={}, timeout=TIMEOUT).status_code == 200
+
+
 def test_no_tissue(server, inputs):
     resp = _post_file(server["url"], "predict", "slide", inputs["white"], mpp=0.5)
     assert resp.status_code == 422, resp.text

@@ -167,3 +167,41 @@ def test_written_manifest_resolves_to_the_same_files(tmp_path, slides_dir):
     assert again.at[0, "abs_path"] == df.at[0, "abs_path"]
     assert again.at[0, "abs_tumour_mask"] == str((tmp_path / "a" / "m_mask.png").resolve())
     assert "abs_path" not in pd.read_csv(tmp_path / "b" / "c" / "validated.csv").columns
+
+
+def test_header_only_manifest_fails_with_a_clear_reason(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_text("slide_id,case_id,path,label\n")
+    report = validate_manifest(read_manifest(path), CLASSES)
+    assert not report.success and report.n_rows == 0
+    assert "manifest has no slides" in report.summary()
+    assert report.to_dict()["problems"] == ["manifest has no slides (a header but no rows)"]
+
+
+@pytest.mark.parametrize(("content", "needle"), [(b"", "is empty"), (b"\n\n  \n", "is empty")])
+def test_empty_manifest_file_is_a_readable_error(tmp_path, content, needle):
+    from slidemil.data.manifest import ManifestError
+
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(content)
+    with pytest.raises(ManifestError, match=needle) as err:
+        read_manifest(path)
+    assert str(path) in str(err.value) and "slide_id,case_id,path,label" in str(err.value)
+
+
+def test_damaged_slides_are_named_with_their_problem(tmp_path, real_slides):
+    """A truncated SVS is reported as truncated (not as a plain image without mpp), a fake one as corrupt."""
+    cmu = (real_slides / "CMU-1-Small-Region.svs").read_bytes()
+    (real_slides / "half.svs").write_bytes(cmu[: len(cmu) // 2])
+    (real_slides / "short.svs").write_bytes(b"II*\x00\x07")
+    rows = [
+        {"slide_id": "half", "case_id": "c1", "path": "slides/half.svs", "label": "benign"},
+        {"slide_id": "short", "case_id": "c2", "path": "slides/short.svs", "label": "benign"},
+        {"slide_id": "fake", "case_id": "c3", "path": "slides/notes.svs", "label": "benign"},
+    ]
+    report = validate_manifest(read_manifest(_write_manifest(tmp_path, rows)), CLASSES)
+    reasons = dict(zip(report.bad_rows["slide_id"], report.bad_rows["reasons"], strict=True))
+    assert "half.svs is 969,477 bytes but its image directory 1 starts at byte 1,275,950" in reasons["half"]
+    assert "short.svs is 5 bytes, shorter than the 8-byte TIFF header" in reasons["short"]
+    assert "notes.svs is named .svs, a TIFF-based format, but does not start with a TIFF header" in reasons["fake"]
+    assert not any("mpp" in r for r in reasons.values())

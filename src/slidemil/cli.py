@@ -11,16 +11,34 @@ import json
 import sys
 from pathlib import Path
 
+#: how a CLI user supplies a missing pixel size
+MPP_REMEDY = "pass it with --mpp (for example --mpp 0.5 for a 20x scan)"
+
 
 def _info(args: argparse.Namespace) -> int:
     from slidemil.slides.backends import open_slide
 
     with open_slide(args.slide, mpp=args.mpp) as reader:
         print(json.dumps(reader.properties(), indent=2, default=str))
+        if not reader.has_mpp:
+            note = f" ({reader.mpp_note})" if reader.mpp_note else ""
+            print(f"note: {reader.slide_id}: no microns-per-pixel in the file{note}; tiling needs one: "
+                  f"{MPP_REMEDY}", file=sys.stderr)
     return 0
 
 
+def _check_slide(path: str, mpp: float | None) -> None:
+    """Open the slide and resolve its mpp: seconds before loading a model, a bad file is refused at once."""
+    from slidemil.slides.backends import open_slide
+    from slidemil.slides.errors import MissingMppError
+
+    with open_slide(path, mpp=mpp) as reader:
+        if not reader.has_mpp:
+            raise MissingMppError(reader.slide_id, remedy=MPP_REMEDY, note=reader.mpp_note)
+
+
 def _predict(args: argparse.Namespace) -> int:
+    _check_slide(args.slide, args.mpp)
     from slidemil.inference import SlidePredictor
     from slidemil.registry import load_bundle
     from slidemil.tracking import setup_tracking
@@ -92,13 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI prints the reason, not a traceback
-        from slidemil.bundle import BundleError
         from slidemil.slides.errors import SlideError
 
-        if isinstance(exc, SlideError | LookupError | FileNotFoundError | BundleError):
+        if isinstance(exc, SlideError | LookupError | FileNotFoundError) or _is_bundle_error(exc):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+def _is_bundle_error(exc: Exception) -> bool:
+    """Imports the bundle module (torch) only when the error may come from it: a bad slide exits at once."""
+    if "slidemil.bundle" not in sys.modules:
+        return False
+    from slidemil.bundle import BundleError
+
+    return isinstance(exc, BundleError)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,29 @@ PATH_SUFFIXES: tuple[str, ...] = ("_mask", "_geojson", "_annotation")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("mpp", "split")
 
 
+class ManifestError(ValueError):
+    """The manifest file itself cannot be read as a table (empty, not CSV); the message names the file."""
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read the CSV as strings (ids like ``007`` keep their zeros); ``mpp`` becomes float when present.
 
     Adds ``abs_path`` (the slide path resolved against the manifest folder). Does not validate: see
-    :mod:`slidemil.data.validation`.
+    :mod:`slidemil.data.validation`. Raises :class:`ManifestError` for an empty file or one pandas cannot
+    parse, instead of pandas' own exceptions.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    expected = ",".join(REQUIRED_COLUMNS)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise ManifestError(
+            f"manifest {path} is empty: expected a CSV with the header {expected} and one row per slide"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ManifestError(f"manifest {path} is not a readable CSV ({e}); expected the header {expected}") from None
     df.columns = [c.strip() for c in df.columns]
     if "mpp" in df.columns:
         df["mpp"] = pd.to_numeric(df["mpp"], errors="coerce")

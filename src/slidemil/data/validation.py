@@ -35,11 +35,14 @@ class ValidationReport:
     expectations: list[dict]
     bad_rows: pd.DataFrame  # columns: row, slide_id, reasons
     missing_columns: list[str] = field(default_factory=list)
+    #: problems of the table as a whole (no rows at all), besides missing columns
+    problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         if self.success:
             return f"manifest OK: {self.n_rows} slides, {len(self.expectations)} expectations met"
         lines = [f"manifest INVALID: {len(self.bad_rows)} bad row(s) of {self.n_rows}"]
+        lines += [f"  {p}" for p in self.problems]
         if self.missing_columns:
             lines.append(f"  missing required column(s): {', '.join(self.missing_columns)}")
         for r in self.bad_rows.itertuples(index=False):
@@ -51,6 +54,7 @@ class ValidationReport:
             "success": self.success,
             "n_rows": self.n_rows,
             "missing_columns": self.missing_columns,
+            "problems": self.problems,
             "bad_rows": self.bad_rows.to_dict(orient="records"),
             "expectations": self.expectations,
         }
@@ -84,8 +88,11 @@ def probe_slides(df: pd.DataFrame, default_mpp: float | None = None) -> pd.DataF
 def validate_manifest(df: pd.DataFrame, classes: list[str], default_mpp: float | None = None) -> ValidationReport:
     """Run the manifest suite on ``df`` (as read by :func:`read_manifest`)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        return ValidationReport(False, len(df), [], pd.DataFrame(columns=["row", "slide_id", "reasons"]), missing)
+    no_rows = ["manifest has no slides (a header but no rows)"] if df.empty else []
+    if missing or no_rows:
+        return ValidationReport(
+            False, len(df), [], pd.DataFrame(columns=["row", "slide_id", "reasons"]), missing, no_rows
+        )
     probed = probe_slides(df, default_mpp).reset_index(drop=True)
     results = _run_suite(probed, classes)
     reasons: dict[int, list[str]] = defaultdict(list)
@@ -173,7 +180,7 @@ def render_html(report: ValidationReport) -> str:
     missing = (
         f"<p>Missing required columns: {html.escape(', '.join(report.missing_columns))}</p>"
         if report.missing_columns else ""
-    )
+    ) + "".join(f"<p>{html.escape(p)}</p>" for p in report.problems)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>slidemil manifest validation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style>
 </head><body><h1>Manifest validation: <span style="color:{colour}">{status}</span></h1>

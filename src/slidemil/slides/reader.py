@@ -25,6 +25,8 @@ class SlideReader(abc.ABC):
 
     #: short name of the backend, for logs and HDF5 attributes
     backend: str = "abstract"
+    #: why the file gives no mpp, when a backend can say more than "absent" (goes into MissingMppError)
+    mpp_note: str | None = None
 
     def __init__(self, path: str | Path, *, slide_id: str | None = None, mpp: float | None = None):
         self.path = Path(path)
@@ -79,7 +81,7 @@ class SlideReader(abc.ABC):
             return self._mpp_override
         native = self.native_mpp
         if native is None:
-            raise MissingMppError(self.slide_id)
+            raise MissingMppError(self.slide_id, note=self.mpp_note)
         return native
 
     def use_fallback_mpp(self, mpp: float | None) -> None:

@@ -27,9 +27,10 @@ class MlflowRunLog:
     def run(self, name: str, *, nested: bool = False, tags: Mapping[str, str] | None = None) -> Iterator[str]:
         import mlflow
 
+        from slidemil.utils.process import process_tags
+
         with mlflow.start_run(run_name=name, nested=nested) as run:
-            if tags:
-                mlflow.set_tags(dict(tags))
+            mlflow.set_tags({**process_tags(), **dict(tags or {})})  # process tags: see tracking.fail_stale_runs
             yield run.info.run_id
 
     def params(self, values: Mapping[str, Any]) -> None:

@@ -26,6 +26,7 @@ from slidemil.methods import get_method
 from slidemil.training.config import TrainConfig
 from slidemil.training.data import SlideRef, SlideSource
 from slidemil.training.fold import train_fold
+from slidemil.utils.process import process_tags
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def run_tuning(
         train_cfg = TrainConfig.from_dict({**base_train.to_dict(), **train_over})
         scores = []
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
-            mlflow.set_tags({"slidemil.kind": "tune-trial", "optuna.study": cfg.study_name,
+            mlflow.set_tags({**process_tags(), "slidemil.kind": "tune-trial", "optuna.study": cfg.study_name,
                              "optuna.trial": str(trial.number)})
             mlflow.log_params({"method": name, **overrides, **train_over})
             for fold in cfg.folds:
@@ -149,7 +150,7 @@ def run_tuning(
         return value
 
     with mlflow.start_run(run_name=f"tune-{cfg.study_name}") as parent:
-        mlflow.set_tags({"slidemil.kind": "tune", "optuna.study": cfg.study_name})
+        mlflow.set_tags({**process_tags(), "slidemil.kind": "tune", "optuna.study": cfg.study_name})
         mlflow.log_params({"n_trials": cfg.n_trials, "metric": cfg.metric, "folds": str(cfg.folds),
                            "storage": _redact(cfg.storage)})
         study.optimize(objective, n_trials=cfg.n_trials, timeout=cfg.timeout_s, catch=(RuntimeError,),

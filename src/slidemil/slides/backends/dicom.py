@@ -72,6 +72,10 @@ class DicomReader(SlideReader):
     def objective_power(self) -> float | None:
         return self._engine.objective_power
 
+    @property
+    def mpp_note(self) -> str | None:
+        return self._engine.mpp_note
+
     def _read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         ds = self.level_downsamples[level]
         level_xy = (math.floor(location[0] / ds), math.floor(location[1] / ds))
@@ -107,6 +111,7 @@ class _WsiDicomEngine:
             self.level_dimensions = [(int(lv.size.width), int(lv.size.height)) for lv in self._levels]
             base_mpp = self._levels[0].mpp
             self.mpp = positive_mean(base_mpp.width, base_mpp.height) if base_mpp is not None else None
+            self.mpp_note = None if self.mpp is not None else "wsidicom found no pixel spacing"
         except Exception:
             self._wsi.close()
             raise

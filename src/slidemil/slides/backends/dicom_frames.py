@@ -72,7 +72,7 @@ class DicomFrameGrid:
                 f"{frames} frames do not form one {self._nx}x{self._ny} grid of {self._tw}x{self._th} tiles"
             )
         self.level_dimensions = [(self._w, self._h)]
-        self.mpp = dicom_mpp(ds)
+        self.mpp, self.mpp_note = dicom_mpp(ds)
         self.objective_power = positive_mean(
             *(item.get("ObjectiveLensPower") for item in ds.get("OpticalPathSequence", []))
         )
@@ -194,11 +194,12 @@ class DicomFrameGrid:
         self._cache.clear()
 
 
-def dicom_mpp(ds) -> float | None:
-    """um/px from PixelSpacing (mm; shared functional groups, else top level).
+def dicom_mpp(ds) -> tuple[float | None, str | None]:
+    """``(um/px, None)`` from PixelSpacing (mm; shared functional groups, else top level), or ``(None, why)``.
 
     Fallback: Imaged Volume Width/Height (mm) over the matrix size, believed only when x and y agree
-    within 2% (dummy volumes such as 15 x 15 mm on a non-square matrix give unequal values).
+    within 2% (dummy volumes such as 15 x 15 mm on a non-square matrix give unequal values). ``why`` says
+    what the file holds instead, for the "no mpp" message.
     """
     spacing = None
     try:
@@ -208,12 +209,16 @@ def dicom_mpp(ds) -> float | None:
     if spacing is not None:
         mm = positive_mean(*spacing)
         if mm is not None:
-            return mm * 1000.0
+            return mm * 1000.0, None
     try:
-        mpp_x = float(ds.ImagedVolumeWidth) * 1000.0 / int(ds.TotalPixelMatrixColumns)
-        mpp_y = float(ds.ImagedVolumeHeight) * 1000.0 / int(ds.TotalPixelMatrixRows)
+        width_mm, height_mm = float(ds.ImagedVolumeWidth), float(ds.ImagedVolumeHeight)
+        cols, rows = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+        mpp_x, mpp_y = width_mm * 1000.0 / cols, height_mm * 1000.0 / rows
     except (AttributeError, TypeError, ValueError, ZeroDivisionError):
-        return None
+        return None, "no PixelSpacing and no ImagedVolumeWidth/Height"
     if mpp_x > 0 and mpp_y > 0 and abs(mpp_x - mpp_y) <= 0.02 * max(mpp_x, mpp_y):
-        return (mpp_x + mpp_y) / 2
-    return None
+        return (mpp_x + mpp_y) / 2, None
+    return None, (
+        f"no PixelSpacing; the imaged volume {width_mm:g} x {height_mm:g} mm over {cols} x {rows} px gives "
+        f"{mpp_x:.3f} x {mpp_y:.3f} um/px, which disagree (a placeholder volume)"
+    )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slidemil.slides.backends.common import library_message
 from slidemil.slides.backends.dicom import DicomReader
+from slidemil.slides.backends.integrity import check_integrity
 from slidemil.slides.backends.openslide_reader import OpenSlideReader
 from slidemil.slides.backends.plain_image import PlainImageReader
 from slidemil.slides.backends.sniff import (
@@ -15,7 +17,13 @@ from slidemil.slides.backends.sniff import (
     has_tiff_magic,
     openslide_format,
 )
-from slidemil.slides.errors import SlideError, UnsupportedFormatError
+from slidemil.slides.errors import (
+    CorruptSlideError,
+    SlideError,
+    SlideFileMissingError,
+    TruncatedSlideError,
+    UnsupportedFormatError,
+)
 from slidemil.slides.reader import SlideReader
 
 
@@ -26,13 +34,16 @@ def open_slide(path: str | Path, *, slide_id: str | None = None, mpp: float | No
     :class:`PlainImageReader`; otherwise OpenSlide when ``detect_format`` recognises the file, then
     plain TIFF reading for TIFFs OpenSlide refuses. ``mpp`` overrides the file's metadata.
 
-    Raises :class:`SlideError` for a missing or corrupt file and :class:`UnsupportedFormatError` when no
-    backend recognises it; both name the file and what was tried.
+    The file's structure is checked first (:mod:`.integrity`), so a damaged file is refused the same way
+    whatever backend would have read it. Raises :class:`SlideFileMissingError`, :class:`TruncatedSlideError`,
+    :class:`CorruptSlideError`, or :class:`UnsupportedFormatError` when no backend recognises the file; each
+    names the file and the problem, and no library exception escapes.
     """
     p = Path(path)
     sid = slide_id or p.stem
     if not p.exists():
-        raise SlideError(sid, f"file not found: {p}")
+        raise SlideFileMissingError(sid, f"file not found: {p}")
+    check_integrity(p, sid)
     suffix = p.suffix.lower()
     candidates: list[type[SlideReader]] = []
     if p.is_dir() or suffix in DICOM_SUFFIXES or has_dicom_magic(p):
@@ -59,7 +70,12 @@ def open_slide(path: str | Path, *, slide_id: str | None = None, mpp: float | No
             return backend(p, slide_id=sid, mpp=mpp)
         except SlideError as e:
             failures.append(e)
+        except Exception as e:  # a library's own exception on input its parser did not expect
+            failures.append(CorruptSlideError(sid, f"{type(e).__name__}: {library_message(e, p)}"))
     tried = "; ".join(f"{b.__name__}: {e.problem}" for b, e in zip(candidates, failures, strict=True))
     if all(isinstance(e, UnsupportedFormatError) for e in failures):
         raise UnsupportedFormatError(sid, f"no backend could open {p.name} ({tried})")
+    for cls in (TruncatedSlideError, CorruptSlideError):
+        if any(isinstance(e, cls) for e in failures):
+            raise cls(sid, f"cannot read {p.name} ({tried})")
     raise SlideError(sid, f"cannot read {p.name} ({tried})")

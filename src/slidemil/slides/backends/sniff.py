@@ -7,6 +7,9 @@ from pathlib import Path
 PLAIN_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+#: vendor formats that are TIFF files inside: a file with one of these names must start with a TIFF header
+TIFF_FAMILY_SUFFIXES = TIFF_SUFFIXES | {".svs", ".ndpi", ".scn", ".bif", ".svslide"}
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def has_tiff_magic(path: Path) -> bool:
@@ -16,7 +19,7 @@ def has_tiff_magic(path: Path) -> bool:
             head = f.read(4)
     except OSError:
         return False
-    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    return head in TIFF_MAGICS
 
 
 def has_dicom_magic(path: Path) -> bool:
