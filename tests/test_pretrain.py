@@ -151,3 +151,19 @@ def test_pretrain_lowers_val_loss_and_registers_a_loadable_encoder(tmp_path):
     start = build_encoder("resnet18", "random")
     assert any(not torch.equal(a, b) for a, b in zip(enc.state_dict().values(), start.state_dict().values(),
                                                      strict=True))
+
+
+def test_pretrain_stage_uses_only_slides_that_are_training_in_every_fold():
+    import pandas as pd
+
+    from pipelines.pretrain import training_only
+    from slidemil.data.splits import SplitConfig, make_splits
+
+    slides = pd.DataFrame([{"slide_id": f"c{c}_{k}", "case_id": f"c{c}", "label": ["a", "b"][c % 2]}
+                           for c in range(12) for k in range(2)])
+    cfg = {"mode": "monte_carlo", "folds": 3, "val_frac": 0.2, "test_frac": 0.2, "seed": 0}
+    keep = training_only(slides, cfg)
+    splits = make_splits(slides, SplitConfig(**cfg))
+    held_out = set(splits.loc[splits.split != "train", "slide_id"])
+    assert keep and not set(keep) & held_out
+    assert set(keep) | held_out == set(slides["slide_id"])
