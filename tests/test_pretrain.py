@@ -153,7 +153,7 @@ def test_pretrain_lowers_val_loss_and_registers_a_loadable_encoder(tmp_path):
                                                      strict=True))
 
 
-def test_pretrain_stage_uses_only_slides_that_are_training_in_every_fold():
+def test_pretrain_stage_uses_only_training_slides_of_the_chosen_folds():
     import pandas as pd
 
     from pipelines.pretrain import training_only
@@ -162,8 +162,15 @@ def test_pretrain_stage_uses_only_slides_that_are_training_in_every_fold():
     slides = pd.DataFrame([{"slide_id": f"c{c}_{k}", "case_id": f"c{c}", "label": ["a", "b"][c % 2]}
                            for c in range(12) for k in range(2)])
     cfg = {"mode": "monte_carlo", "folds": 3, "val_frac": 0.2, "test_frac": 0.2, "seed": 0}
-    keep = training_only(slides, cfg)
     splits = make_splits(slides, SplitConfig(**cfg))
+    keep, clean = training_only(slides, cfg)
     held_out = set(splits.loc[splits.split != "train", "slide_id"])
-    assert keep and not set(keep) & held_out
+    assert keep and not set(keep) & held_out and clean == [0, 1, 2]
     assert set(keep) | held_out == set(slides["slide_id"])
+    keep0, clean0 = training_only(slides, cfg, [0])
+    fold0 = splits[splits.fold == 0]
+    assert set(keep0) == set(fold0.loc[fold0.split == "train", "slide_id"])
+    assert 0 in clean0 and len(keep0) > len(keep)
+    for f in set(range(3)) - set(clean0):  # a fold is clean only if the encoder saw none of its held-out slides
+        g = splits[splits.fold == f]
+        assert set(g.loc[g.split != "train", "slide_id"]) & set(keep0)
