@@ -51,10 +51,10 @@ def main() -> int:
                                                                                                    strict=True)]
     log.info("pretrain on %d of %d slides; folds free of encoder leakage: %s", len(ms), len(slides), clean)
     res = pretrain(ms, store_reader(sets), PretrainConfig.from_dict(cfg_p["config"]),
-                   project_path(cfg_p["out_dir"]))
+                   project_path(cfg_p["out_dir"]), n_tiles=[len(s["tiles"]) for s in sets])
     rec = res.record
     summary = {k: rec[k] for k in ("name", "weights_id", "feature_dim", "start_weights_id", "best_epoch",
-                                   "best_val_loss", "initial_val_loss")}
+                                   "best_val_loss", "initial_val_loss", "probe")}
     summary |= {"weights": f"{cfg_p['out_dir']}/encoder.pt", "n_fit_slides": len(rec["fit_slides"]),
                 "n_val_slides": len(rec["val_slides"]), "clean_folds": clean}
     write_json_atomic(project_path(cfg_p["summary"]), summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,6 +142,7 @@ def test_pretrain_lowers_val_loss_and_registers_a_loadable_encoder(tmp_path):
                          parents_per_slide=2, children_per_parent=2, lr=0.01, momentum=0.9, head_hidden=64,
                          head_out=16, input_px=32, temperature=0.5, val_fraction=0.34)
     res = pretrain(slides, toy_reader(slides), cfg, tmp_path)
+    assert res.record["probe"] is None  # off by default
     rec = json.loads((tmp_path / "encoder.json").read_text())
     assert rec["weights_id"].startswith("checkpoint:") and rec["name"] == "resnet18"
     assert not set(rec["fit_slides"]) & set(rec["val_slides"])
@@ -174,3 +176,29 @@ def test_pretrain_stage_uses_only_training_slides_of_the_chosen_folds():
     for f in set(range(3)) - set(clean0):  # a fold is clean only if the encoder saw none of its held-out slides
         g = splits[splits.fold == f]
         assert set(g.loc[g.split != "train", "slide_id"]) & set(keep0)
+
+
+def test_linear_probe_auc_separates_and_refuses_one_class():
+    from slidemil.pretrain.probe import linear_probe_auc
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    signal = rng.normal(size=(40, 3)) + y[:, None] * 4.0
+    assert linear_probe_auc(signal, y, signal + 0.1, y) == pytest.approx(1.0)
+    noise_fit, noise_val = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
+    assert 0.2 < linear_probe_auc(noise_fit, y, noise_val, y) < 0.8
+    assert math.isnan(linear_probe_auc(signal, y, signal[:20], y[:20]))
+
+
+def test_pretrain_records_the_probe_of_start_and_trained_encoder(tmp_path):
+    torch.set_num_threads(1)
+    slides = two_class_slides(n_per_class=3)
+    cfg = PretrainConfig(encoder="resnet18", epochs=1, steps_per_epoch=2, val_batches=1, bn_batches=1,
+                         children_per_parent=2, lr=0.01, head_hidden=32, head_out=8, input_px=32,
+                         val_fraction=0.34, probe_tiles_per_slide=4)
+    rec = pretrain(slides, toy_reader(slides), cfg, tmp_path, n_tiles=[12] * len(slides)).record
+    probe = rec["probe"]
+    again = pretrain(slides, toy_reader(slides), replace(cfg, probe_tiles_per_slide=0), tmp_path / "again")
+    assert again.record["weights_id"] == rec["weights_id"]  # same data and seed: the same checkpoint file
+    assert (probe["n_fit_tiles"], probe["n_val_tiles"]) == (16, 8)
+    assert 0.0 <= probe["start_auc"] <= 1.0 and 0.0 <= probe["trained_auc"] <= 1.0

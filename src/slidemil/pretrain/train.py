@@ -16,6 +16,7 @@ cross-validation, the fold's training split), and the validation slides are carv
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -59,6 +60,8 @@ class PretrainConfig:
         val_fraction: share of the training slides held out for the validation loss (not in the paper).
         bn_batches: training batches that re-estimate the BatchNorm statistics before each validation (and so
             in the kept encoder); see :func:`recalibrate_batchnorm` (not in the paper).
+        probe_tiles_per_slide: tiles per slide for the linear probe that compares the kept encoder with its
+            start weights (:mod:`slidemil.pretrain.probe`); 0 = no probe (not in the paper).
     """
 
     encoder: str = "resnet18"
@@ -81,6 +84,7 @@ class PretrainConfig:
     input_px: int | None = None
     val_fraction: float = 0.2
     bn_batches: int = 4
+    probe_tiles_per_slide: int = 0
 
     def __post_init__(self) -> None:
         if self.anchors not in ("coarse", "both"):
@@ -144,8 +148,10 @@ def batch_loss(model: SiameseEncoder, batch: Batch, cfg: PretrainConfig) -> torc
 
 
 def pretrain(slides: Sequence[MultiScaleSlide], read: TileReader, cfg: PretrainConfig,
-             out_dir: str | Path) -> PretrainResult:
-    """Train the shared encoder on ``slides`` (training slides only) and write ``encoder.pt`` + ``encoder.json``."""
+             out_dir: str | Path, n_tiles: Sequence[int] | None = None) -> PretrainResult:
+    """Train the shared encoder on ``slides`` (training slides only) and write ``encoder.pt`` + ``encoder.json``.
+
+    ``n_tiles`` (each slide's ``tiles`` count) enables the linear probe when ``cfg.probe_tiles_per_slide``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
@@ -197,8 +203,13 @@ def pretrain(slides: Sequence[MultiScaleSlide], read: TileReader, cfg: PretrainC
             best_loss, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.encoder.backbone.state_dict())
     checkpoint = out_dir / "encoder.pt"
+    buf = io.BytesIO()  # saved via memory: a file target names the zip's root after the (random) temp file,
+    torch.save(best_state, buf)  # and equal weights must give an equal file, hence an equal weights id
     with atomic_path(checkpoint) as tmp:
-        torch.save(best_state, tmp)
+        tmp.write_bytes(buf.getvalue())
+    probe = None
+    if cfg.probe_tiles_per_slide and n_tiles is not None:
+        probe = _probe(slides, read, n_tiles, fit_idx, val_idx, cfg, checkpoint)
     record = {
         "name": cfg.encoder,
         "weights": str(checkpoint),
@@ -208,6 +219,7 @@ def pretrain(slides: Sequence[MultiScaleSlide], read: TileReader, cfg: PretrainC
         "best_epoch": best_epoch,
         "best_val_loss": best_loss,
         "initial_val_loss": initial_val_loss,
+        "probe": probe,
         "fit_slides": [slides[i].slide_id for i in fit_idx],
         "val_slides": [slides[i].slide_id for i in val_idx],
         "config": asdict(cfg),
@@ -215,3 +227,22 @@ def pretrain(slides: Sequence[MultiScaleSlide], read: TileReader, cfg: PretrainC
     }
     write_text_atomic(out_dir / "encoder.json", json.dumps(record, indent=2))
     return PretrainResult(checkpoint, record)
+
+
+def _probe(slides: Sequence[MultiScaleSlide], read: TileReader, n_tiles: Sequence[int], fit_idx: list[int],
+           val_idx: list[int], cfg: PretrainConfig, checkpoint: Path) -> dict[str, Any]:
+    """Linear-probe AUC of the start encoder and of the kept one on the same tiles (fit slides -> val slides)."""
+    from slidemil.pretrain.probe import embed_tiles, linear_probe_auc, probe_tiles
+
+    rng = np.random.default_rng(cfg.seed + 2)
+    picks = {part: [(idx[i], r) for i, r in probe_tiles([slides[j] for j in idx], [n_tiles[j] for j in idx],
+                                                       cfg.probe_tiles_per_slide, rng)]
+             for part, idx in (("fit", fit_idx), ("val", val_idx))}
+    labels = {part: np.array([slides[i].label for i, _ in p]) for part, p in picks.items()}
+    out: dict[str, Any] = {"tiles_per_slide": cfg.probe_tiles_per_slide,
+                           "n_fit_tiles": len(picks["fit"]), "n_val_tiles": len(picks["val"])}
+    for key, weights in (("start", cfg.weights), ("trained", str(checkpoint))):
+        enc = build_encoder(cfg.encoder, weights, seed=cfg.seed)
+        feats = {part: embed_tiles(enc, read, p) for part, p in picks.items()}
+        out[f"{key}_auc"] = linear_probe_auc(feats["fit"], labels["fit"], feats["val"], labels["val"])
+    return out
