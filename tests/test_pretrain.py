@@ -130,6 +130,14 @@ def test_projection_head_is_the_papers_and_normalised():
     np.testing.assert_allclose(z.norm(dim=1).detach().numpy(), 1.0, atol=1e-5)
 
 
+def test_config_is_strict():
+    with pytest.raises(ValueError, match="unknown PretrainConfig"):
+        PretrainConfig.from_dict({"temprature": 0.1})
+    with pytest.raises(ValueError, match="epochs"):
+        PretrainConfig(epochs=0)
+    assert PretrainConfig().temperature == 0.07 and PretrainConfig().lr == 1e-4
+
+
 def test_split_keeps_each_class_on_both_sides():
     fit, val = split_slides(two_class_slides(), 0.2, np.random.default_rng(0))
     assert len(val) == 2 and len(fit) == 4 and not set(fit) & set(val)

@@ -87,6 +87,9 @@ class PretrainConfig:
     probe_tiles_per_slide: int = 0
 
     def __post_init__(self) -> None:
+        for key in ("epochs", "steps_per_epoch", "val_batches", "slides_per_batch", "parents_per_slide"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"PretrainConfig.{key} must be an int >= 1, got {getattr(self, key)!r}")
         if self.anchors not in ("coarse", "both"):
             raise ValueError(f"PretrainConfig.anchors must be 'coarse' or 'both', got {self.anchors!r}")
         if not 0.0 < self.val_fraction < 1.0:
