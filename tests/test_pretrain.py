@@ -111,6 +111,20 @@ def test_batches_hold_parents_with_their_children_from_both_classes():
         MultiScaleBatches(slides[:3], toy_reader(slides))
 
 
+def test_single_scale_batches_and_loss_for_the_conventional_baseline():
+    slides = two_class_slides()
+    fine = MultiScaleBatches(slides, toy_reader(slides), children_per_parent=2, scales=(FINE,))
+    b = fine.sample(np.random.default_rng(0))
+    assert (b.scale == FINE).all() and set(b.label.tolist()) == {0, 1}
+    pos, con = multiscale_pairs(b.slide, b.scale, b.place, b.label, (FINE,))
+    same_slide = b.slide[:, None] == b.slide[None, :]
+    assert torch.equal(pos, same_slide & ~torch.eye(len(b.slide), dtype=torch.bool))
+    coarse = MultiScaleBatches(slides, toy_reader(slides), scales=(COARSE,)).sample(np.random.default_rng(0))
+    assert (coarse.scale == COARSE).all() and coarse.place.unique().numel() == len(coarse.place)
+    with pytest.raises(ValueError, match="scales"):
+        PretrainConfig(scales="level1")
+
+
 def test_augment_keeps_scale_and_content():
     gen = torch.Generator().manual_seed(0)
     tile = torch.arange(8 * 8 * 3, dtype=torch.uint8).reshape(1, 8, 8, 3).repeat(16, 1, 1, 1)

@@ -48,10 +48,12 @@ class Batch:
 
 class MultiScaleBatches:
     """Draws batches of ``slides_per_batch`` slides (classes taken in turn), ``parents_per_slide`` parents each,
-    every parent with up to ``children_per_parent`` of its kept children (all when None)."""
+    every parent with up to ``children_per_parent`` of its kept children (all when None). ``scales`` keeps only
+    the tiles of those scales (a single scale trains one encoder of the conventional multi-scale baseline)."""
 
     def __init__(self, slides: Sequence[MultiScaleSlide], read: TileReader, *, slides_per_batch: int = 4,
-                 parents_per_slide: int = 2, children_per_parent: int | None = None) -> None:
+                 parents_per_slide: int = 2, children_per_parent: int | None = None,
+                 scales: tuple[int, ...] = (COARSE, FINE)) -> None:
         self.slides = [s for s in slides if s.usable_parents().size]
         if len({s.label for s in self.slides}) < 2:
             raise ValueError("contrastive pretraining needs slides of at least two classes (negatives are "
@@ -60,6 +62,7 @@ class MultiScaleBatches:
         self.slides_per_batch = slides_per_batch
         self.parents_per_slide = parents_per_slide
         self.children_per_parent = children_per_parent
+        self.scales = scales  # one scale only: batches for a single-scale ("conventional") encoder
         self._index = {id(s): i for i, s in enumerate(slides)}
         self._by_class: dict[int, list[MultiScaleSlide]] = {}
         for s in self.slides:
@@ -86,6 +89,7 @@ class MultiScaleBatches:
                 if self.children_per_parent is not None and kids.size > self.children_per_parent:
                     kids = rng.choice(kids, size=self.children_per_parent, replace=False)
                 rows = [("parents", int(p), COARSE)] + [("tiles", int(c), FINE) for c in kids]
+                rows = [r for r in rows if r[2] in self.scales]
                 for tile_set, row, sc in rows:
                     tiles.append(self.read(idx, tile_set, row))
                     slide.append(idx)

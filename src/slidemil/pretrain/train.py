@@ -55,6 +55,8 @@ class PretrainConfig:
         slides_per_batch / parents_per_slide / children_per_parent: batch layout (not in the paper; None = all
             kept children).
         anchors: "coarse" (the paper's main patches only) or "both" scales as anchors.
+        scales: "both" (the unified multi-scale encoder) or one scale, "coarse" / "fine": a single-scale encoder
+            of the conventional multi-scale baseline (positives: same slide; negatives: other classes).
         contrast: augmentation contrast range (+-0.2, not in the paper).
         input_px: train at this tile size (None = the encoder's input size, which the features stage uses).
         val_fraction: share of the training slides held out for the validation loss (not in the paper).
@@ -80,6 +82,7 @@ class PretrainConfig:
     parents_per_slide: int = 2
     children_per_parent: int | None = None
     anchors: str = "coarse"
+    scales: str = "both"
     contrast: float = 0.2
     input_px: int | None = None
     val_fraction: float = 0.2
@@ -90,6 +93,8 @@ class PretrainConfig:
         for key in ("epochs", "steps_per_epoch", "val_batches", "slides_per_batch", "parents_per_slide"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"PretrainConfig.{key} must be an int >= 1, got {getattr(self, key)!r}")
+        if self.scales not in ("both", "coarse", "fine"):
+            raise ValueError(f"PretrainConfig.scales must be 'both', 'coarse' or 'fine', got {self.scales!r}")
         if self.anchors not in ("coarse", "both"):
             raise ValueError(f"PretrainConfig.anchors must be 'coarse' or 'both', got {self.anchors!r}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -144,8 +149,14 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Sequence[Batch]) -> N
         m.momentum = momentum
 
 
+SCALES = {"both": (COARSE, FINE), "coarse": (COARSE,), "fine": (FINE,)}
+
+
 def batch_loss(model: SiameseEncoder, batch: Batch, cfg: PretrainConfig) -> torch.Tensor:
-    anchors = (COARSE,) if cfg.anchors == "coarse" else (COARSE, FINE)
+    if cfg.scales != "both":  # single-scale encoder: every tile of that scale is an anchor
+        anchors = SCALES[cfg.scales]
+    else:
+        anchors = (COARSE,) if cfg.anchors == "coarse" else (COARSE, FINE)
     pos, con = multiscale_pairs(batch.slide, batch.scale, batch.place, batch.label, anchors)
     return supcon_loss(model(batch.tiles), pos, con, cfg.temperature)
 
@@ -160,7 +171,7 @@ def pretrain(slides: Sequence[MultiScaleSlide], read: TileReader, cfg: PretrainC
     rng = np.random.default_rng(cfg.seed)
     fit_idx, val_idx = split_slides(slides, cfg.val_fraction, rng)
     layout = {"slides_per_batch": cfg.slides_per_batch, "parents_per_slide": cfg.parents_per_slide,
-              "children_per_parent": cfg.children_per_parent}
+              "children_per_parent": cfg.children_per_parent, "scales": SCALES[cfg.scales]}
 
     def subset(idx: list[int]) -> MultiScaleBatches:
         return MultiScaleBatches([slides[i] for i in idx], lambda i, name, row: read(idx[i], name, row), **layout)
