@@ -4,6 +4,7 @@ See :mod:`slidemil.methods.base` for the contract and docs/adr/0007-method-contr
 """
 
 from slidemil.methods import mil as _mil  # noqa: F401  (registers clam_sb, clam_mb, abmil, mean_pool, max_pool)
+from slidemil.methods import msa as _msa  # noqa: F401  (registers msa)
 from slidemil.methods import sammil as _sammil  # noqa: F401  (registers sam_mil)
 from slidemil.methods.bag import Bag, SlideData, TileSetView, pseudo_bags, random_parent_bags, whole_slide_bag
 from slidemil.methods.base import LayerSpec, Method, Param, ScoreLayer, SlidePrediction

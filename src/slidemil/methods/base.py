@@ -91,9 +91,16 @@ class Param:
 
 @dataclass
 class SlidePrediction:
-    """A method's answer for one slide: class probabilities and the index of the predicted class."""
+    """A method's answer for one slide: class probabilities and the index of the predicted class; methods that
+    vote over several bags also give the fraction of bags voting for each class."""
 
     probs: np.ndarray  # (C,) float
+    votes: np.ndarray | None = None  # (C,) fractions summing to 1, or None
+
+    @property
+    def vote_index(self) -> int | None:
+        """Majority-vote class (ties: the lowest index), or None for single-bag methods."""
+        return None if self.votes is None else int(np.argmax(self.votes))
 
     @property
     def label_index(self) -> int:

@@ -58,13 +58,17 @@ class FoldResult:
 
 def predict_slides(method: Method, model: torch.nn.Module, dataset: SlideBagDataset, class_names: list[str],
                    split: str) -> pd.DataFrame:
-    """Per-slide probabilities (eval mode, no grad) as rows ``slide_id, split, label, pred, prob_<class>``."""
+    """Per-slide probabilities (eval mode, no grad) as rows ``slide_id, split, label, pred, prob_<class>``
+    (plus ``vote``, the majority vote over bags, for methods that vote)."""
     model.eval()
     rows = []
     for i in range(len(dataset)):
         slide = dataset.slide(i)
-        probs = method.predict(model, slide).probs
+        pred = method.predict(model, slide)
+        probs = pred.probs
         row = {"slide_id": slide.slide_id, "split": split, "label": slide.label, "pred": int(probs.argmax())}
+        if pred.vote_index is not None:  # methods voting over several bags (MSA): the majority vote too
+            row["vote"] = pred.vote_index
         row.update({f"prob_{c}": float(p) for c, p in zip(class_names, probs, strict=True)})
         rows.append(row)
     return pd.DataFrame(rows)
