@@ -37,8 +37,8 @@ sum_j (a_i - a_j)^2 = |S| ((a_i - mean_S)^2 + var_S), so no |S| x |S| matrix is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,12 +51,13 @@ from slidemil.methods.base import LayerSpec, Method, Param, ScoreLayer
 from slidemil.methods.mil import feature_statistics
 from slidemil.methods.registry import register_method
 from slidemil.segmenters import Segments
+from slidemil.utils.config import StrictConfig
 
 SEGMENTS = "segments"
 
 
 @dataclass(frozen=True)
-class SamMILConfig:
+class SamMILConfig(StrictConfig):
     """Every constant of methods.md section D with the paper's default.
 
     Attributes:
@@ -99,17 +100,6 @@ class SamMILConfig:
         for name in ("group_alpha", "consistency_alpha", "mask_slope"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"SamMILConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SamMILConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SamMILConfig key(s) {unknown}; allowed keys: {sorted(known)}")
-        return cls(**dict(values))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def mask_ratio(area: np.ndarray | float, cfg: SamMILConfig) -> np.ndarray:

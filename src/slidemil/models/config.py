@@ -7,9 +7,10 @@ at construction, with a readable message instead of deep inside a forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from slidemil.utils.config import StrictConfig
 
 #: Hidden sizes (fc width L, attention width D) per model size (methods.md section A: "small" 512/256,
 #: "big" 512/384).
@@ -19,7 +20,7 @@ InstLoss = Literal["svm", "ce"]
 
 
 @dataclass(frozen=True)
-class MILConfig:
+class MILConfig(StrictConfig):
     """Hyper-parameters every slide-level MIL model shares (methods.md section A): ABMIL and the pooling
     baselines use exactly these; CLAM adds its own in :class:`ClamConfig`.
 
@@ -52,20 +53,6 @@ class MILConfig:
     def attention_dim(self) -> int:
         """Width D of the gated-attention paths."""
         return SIZES[self.size][1]
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]):
-        """Build from a plain mapping (params.yaml, a saved bundle); unknown keys are an error, not ignored,
-        so a typo such as ``bag_wieght`` cannot silently fall back to the default."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed keys: {sorted(known)}")
-        return cls(**dict(values))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, the inverse of :meth:`from_dict` (saved next to every trained model)."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,7 @@ the text's literal numbers, with the 4 x 128 concatenated heads projected back t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +34,11 @@ from torch import Tensor, nn
 
 from slidemil.models.base import init_linear_weights
 from slidemil.models.config import _check_float, _check_int
+from slidemil.utils.config import StrictConfig
 
 
 @dataclass(frozen=True)
-class MSAConfig:
+class MSAConfig(StrictConfig):
     """MSA hyper-parameters; defaults are the paper's (methods.md section B) unless marked otherwise.
 
     Attributes:
@@ -90,18 +89,6 @@ class MSAConfig:
     def d_k(self) -> int:
         """Per-head width actually used."""
         return self.head_dim if self.head_dim is not None else self.d_model // self.heads
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> MSAConfig:
-        """Strict: unknown keys are an error (a typo must not fall back to a default)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed keys: {sorted(known)}")
-        return cls(**dict(values))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class MultiScaleAttention(nn.Module):

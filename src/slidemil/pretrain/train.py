@@ -20,8 +20,8 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,13 @@ from slidemil.pretrain.data import Batch, MultiScaleBatches, MultiScaleSlide, Ti
 from slidemil.pretrain.loss import COARSE, FINE, multiscale_pairs, supcon_loss
 from slidemil.pretrain.model import ProjectionHead, SiameseEncoder, augment
 from slidemil.utils.atomic import atomic_path, write_text_atomic
+from slidemil.utils.config import StrictConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(StrictConfig):
     """Stage-1 settings; defaults are the paper's (methods.md B.2) unless marked otherwise.
 
     Attributes:
@@ -101,14 +102,6 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.temperature <= 0:
             raise ValueError(f"PretrainConfig.temperature must be > 0, got {self.temperature}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown PretrainConfig key(s) {unknown}; allowed keys: {sorted(known)}")
-        return cls(**dict(values))
 
 
 @dataclass

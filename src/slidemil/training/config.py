@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from slidemil.utils.config import StrictConfig
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(StrictConfig):
     """Paper defaults: Adam lr 2e-4, wd 1e-5, up to 200 epochs, early stopping on val loss with patience 20,
     not before epoch 50, best-val-loss checkpoint, optional class-balanced sampling."""
 
@@ -27,14 +29,3 @@ class TrainConfig:
     #: CPU threads for training. MIL bags are small: one thread is fastest, and more threads spin-wait
     #: against other processes (several times slower on a busy 2-core machine). null = torch's default.
     num_threads: int | None = 1
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
