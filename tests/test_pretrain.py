@@ -177,6 +177,24 @@ def test_pretrain_lowers_val_loss_and_registers_a_loadable_encoder(tmp_path):
                                                      strict=True))
 
 
+def test_pretrain_keeps_the_start_weights_when_training_never_beats_them(tmp_path):
+    """"Keep the lowest-validation-loss encoder": the start weights are a candidate, so a run that only makes
+    things worse (here a learning rate that wrecks the encoder) writes the start backbone back."""
+    torch.set_num_threads(1)
+    slides = two_class_slides(n_per_class=3)
+    cfg = PretrainConfig(encoder="resnet18", epochs=1, steps_per_epoch=2, val_batches=2, slides_per_batch=4,
+                         parents_per_slide=2, children_per_parent=2, lr=1e4, momentum=0.9, head_hidden=64,
+                         head_out=16, input_px=32, temperature=0.5, val_fraction=0.34)
+    res = pretrain(slides, toy_reader(slides), cfg, tmp_path)
+    rec = res.record
+    assert not rec["history"][0]["val_loss"] < rec["initial_val_loss"]  # training made it worse (or NaN)
+    assert rec["best_epoch"] == -1 and rec["best_val_loss"] == rec["initial_val_loss"]
+    kept = build_encoder("resnet18", str(res.checkpoint)).backbone.state_dict()
+    start = build_encoder("resnet18", "random").backbone.state_dict()
+    conv = [k for k in start if k.endswith("conv1.weight")]
+    assert conv and all(torch.equal(kept[k], start[k]) for k in conv)  # convolutions untouched by the bad run
+
+
 def test_pretrain_stage_uses_only_training_slides_of_the_chosen_folds():
     import pandas as pd
 

@@ -189,7 +189,9 @@ def pretrain(slides: Sequence[MultiScaleSlide], read: TileReader, cfg: PretrainC
 
     initial_val_loss = validation_loss()  # the start weights' figure, to show what training bought
     history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state = float("inf"), -1, None
+    # the start weights are a candidate too: a run that never beats them keeps them (best_epoch -1)
+    best_loss, best_epoch = initial_val_loss, -1
+    best_state = copy.deepcopy(model.encoder.backbone.state_dict())
     for epoch in range(cfg.epochs):
         model.train()
         train_losses = []
