@@ -45,7 +45,7 @@ def merge_bags(bags: Sequence[Bag]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     t_rows = torch.cat([b.index["tiles"] for b in bags])
     t_feats = torch.cat([b.tokens["tiles"] for b in bags])
 
-    uniq_p, inv_p, first_p = _unique_first(p_rows)
+    _, inv_p, first_p = _unique_first(p_rows)
     uniq_t, _, first_t = _unique_first(t_rows)
     kids = kids[first_p]
     local = torch.searchsorted(uniq_t, kids.clamp_min(0)) if uniq_t.numel() else torch.zeros_like(kids)
