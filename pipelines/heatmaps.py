@@ -1,5 +1,6 @@
 """DVC stage `heatmaps`: score-layer heatmaps, top-k tiles, QuPath GeoJSON and a machine-readable record for
-every test slide.
+every test slide, for the painted family (``heatmaps.model``) and, under ``<slide>/models/<family>/``, for
+every family in ``heatmaps.models`` (all trained families when empty) so the dashboard can show any of them.
 
 Each slide is explained by the model of the first fold in which it was a *test* slide, so a heatmap never
 shows a model its own training data. Any method works (pooling models paint tile contributions). On slides
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -36,45 +38,59 @@ def main() -> int:
     p = load_params()
     h = p["heatmaps"]
     family = h["model"]
+    families = list(dict.fromkeys([family, *(h.get("models") or p["train"]["models"])]))
     params = HeatmapParams(**h["render"])
     inputs = training_inputs(p)
     manifest = inputs.slides.set_index("slide_id")
     splits = pd.read_csv(project_path(p["train"]["splits_out"]))
     first_test = splits[splits.split == "test"].sort_values("fold").drop_duplicates("slide_id")
-    train_dir = project_path(p["train"]["out_dir"]) / family
+    train_root = project_path(p["train"]["out_dir"])
     out_root = project_path(h["out_dir"])
     store = SlideStore(project_path(p["tile"]["tiles_dir"]), project_path(p["features"]["out_dir"]))
     tissue_dir = project_path(p["tile"]["tissue_dir"])
-    scorers: dict[int, BundleScorer] = {}
+    scorers: dict[tuple[str, int], BundleScorer] = {}
     rows = []
     for r in tqdm(list(first_test.itertuples()), desc="heatmaps", unit="slide"):
         fold = int(r.fold)
-        if fold not in scorers:
-            scorers[fold] = BundleScorer(ModelBundle.load(train_dir / "folds" / f"fold{fold}" / "bundle"))
-        scored = scorers[fold].score(inputs.source.load(r.slide_id))
+        for fam in families:
+            if (fam, fold) not in scorers:
+                scorers[fam, fold] = BundleScorer(ModelBundle.load(train_root / fam / "folds" / f"fold{fold}" / "bundle"))
+        slide = inputs.source.load(r.slide_id)
+        scored_by = {fam: scorers[fam, fold].score(slide) for fam in families}
+        scored = scored_by[family]
         layer = scored.primary
         view = scored.tile_sets[layer.tile_set]
         tiles = store.tile_set(r.slide_id, layer.tile_set)
         out = out_root / r.slide_id
         out.mkdir(parents=True, exist_ok=True)
+        truth = _copy_ground_truth(manifest.loc[r.slide_id], out)
         with open_slide(tiles.slide_path, slide_id=r.slide_id, mpp=tiles.geometry.slide_mpp) as reader:
             thumb, ds = reader.thumbnail(max_side=params.canvas_max_side)
             tissue = rasterize_polygons(json.loads((tissue_dir / f"{r.slide_id}.geojson").read_text()),
                                         thumb.shape[:2], ds)
-            image = render_score_layer(thumb, ds, layer, view.coords, view.level0_px, params,
-                                       tissue_mask=tissue, mask_downsample=ds, slide_dims=reader.dimensions,
-                                       title=f"{r.slide_id} | {family} fold {fold} | {scored.label}: {layer.name}")
-            write_png_atomic(out / "heatmap.png", image)
+            dims = reader.dimensions
+            for fam, sc in scored_by.items():
+                la = sc.primary
+                v = sc.tile_sets[la.tile_set]
+                image = render_score_layer(thumb, ds, la, v.coords, v.level0_px, params, tissue_mask=tissue,
+                                           mask_downsample=ds, slide_dims=dims, model=f"{fam} fold {fold}",
+                                           title=f"{r.slide_id} | {fam} fold {fold} | {sc.label}: {la.name}")
+                write_png_atomic(out / "models" / fam / "heatmap.png", image)
+                if fam == family:
+                    write_png_atomic(out / "heatmap.png", image)
             write_png_atomic(out / "thumbnail.png", thumb)
             top = save_top_tiles(reader, view.coords, tiles.geometry, layer.values, h["top_k"], out / "top_tiles",
                                  r.slide_id)
-            dims = reader.dimensions
         write_geojson(out / "tiles.geojson", tiles_to_geojson(
             view.coords, view.level0_px, {la.name: la.values for la in scored.layers if la.tile_set == layer.tile_set},
             r.slide_id))
-        record = {**scored.record(h["top_k"]), "fold": fold, "family": family,
-                  "true_label": manifest.at[r.slide_id, "label"], "slide_width": dims[0], "slide_height": dims[1], "thumb_downsample": ds}
-        write_json_atomic(out / "record.json", record)
+        for fam, sc in scored_by.items():
+            record = {**sc.record(h["top_k"]), "fold": fold, "family": fam,
+                      "true_label": manifest.at[r.slide_id, "label"], "slide_width": dims[0], "slide_height": dims[1],
+                      "thumb_downsample": ds, "slide_path": str(tiles.slide_path), "ground_truth": truth}
+            write_json_atomic(out / "models" / fam / "record.json", record)
+            if fam == family:
+                write_json_atomic(out / "record.json", record)
         rows.append(_index_row(r.slide_id, fold, manifest.at[r.slide_id, "label"], scored, len(top), dims, ds,
                                _localisation(manifest.loc[r.slide_id], view.coords, view.level0_px, layer.values)))
     index = pd.DataFrame(rows)
@@ -88,9 +104,19 @@ def main() -> int:
         "n_heatmaps": int(len(index)),
     }}
     write_json_atomic(project_path(h["metrics"]), metrics)
-    log.info("%d heatmaps; localisation AUROC %s over %d tumour slides", len(index),
+    log.info("%d heatmaps (%s); localisation AUROC %s over %d tumour slides", len(index), ", ".join(families),
              metrics[family]["localisation_auroc"]["mean"], len(loc))
     return 0
+
+
+def _copy_ground_truth(row: pd.Series, out) -> str | None:
+    """Copy the slide's ground-truth GeoJSON (level-0 polygons) next to its heatmaps, so the dashboard can draw
+    it without the manifest; returns the file name, or None without ground truth."""
+    src = row.get("abs_tumour_geojson")
+    if not isinstance(src, str) or not src:
+        return None
+    write_json_atomic(out / "ground_truth.geojson", json.loads(Path(src).read_text()))
+    return "ground_truth.geojson"
 
 
 def _index_row(slide_id: str, fold: int, label: str, scored: ScoredSlide, n_top: int, dims: tuple[int, int],

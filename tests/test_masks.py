@@ -131,5 +131,5 @@ def test_served_heatmap_is_the_stage_rendering(slides_dir, tmp_path):
     params = HeatmapParams(canvas_max_side=1024)
     staged = render_score_layer(thumb, ds, pred.scored.primary, pred.coords, pred.level0_px, params,
                                 tissue_mask=tissue, mask_downsample=ds, slide_dims=dims,
-                                title=f"cmu | abmil | {pred.label}: attention")
+                                title=f"cmu | abmil | {pred.label}: attention", model="abmil")
     np.testing.assert_array_equal(staged, served)

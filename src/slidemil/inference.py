@@ -92,6 +92,9 @@ class SlidePredictor:
                                  f"built {built[key].weights_id}")
             self.encoders[tile_set] = built[key]
         self.scorer = BundleScorer(bundle)
+        fold = bundle.metadata.get("fold")
+        #: what the heatmap legend names as the model; callers that know more (a registry version) overwrite it
+        self.model_label = bundle.spec.method + ("" if fold is None else f" fold {fold}")
         self.device = device
         self.batch_size = batch_size
 
@@ -149,7 +152,7 @@ class SlidePredictor:
                                            tissue_mask=rasterize_polygons(contours_to_geojson(seg, sid),
                                                                           thumb.shape[:2], ds),
                                            mask_downsample=ds,
-                                           slide_dims=reader.dimensions,
+                                           slide_dims=reader.dimensions, model=self.model_label,
                                            title=f"{sid} | {spec.method} | {scored.label}: {layer.name}")
                 out.heatmap_png = png_bytes(image)
                 out.geojson = tiles_to_geojson(view.coords, view.level0_px,

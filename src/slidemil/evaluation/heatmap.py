@@ -30,7 +30,8 @@ class HeatmapParams:
 
     canvas_max_side: int = 2048
     blur_sigma_px: float = 0.0  # Gaussian sigma in canvas px; 0 = off
-    cmap: str = "jet"  # any matplotlib colormap name
+    blur_tiles: float = 0.0  # extra Gaussian sigma in tile widths (the same smoothing at any thumbnail scale)
+    cmap: str = "viridis"  # any matplotlib colormap name; perceptually uniform by default
     alpha: float = 0.5  # weight of the colour over the thumbnail
     percentiles: bool = True  # rank scores within the slide before painting
     tissue_masked: bool = True  # hide colour outside the tissue mask (when one is given)
@@ -40,6 +41,8 @@ class HeatmapParams:
             raise ValueError(f"canvas_max_side must be >= 1, got {self.canvas_max_side}")
         if self.blur_sigma_px < 0:
             raise ValueError(f"blur_sigma_px must be >= 0, got {self.blur_sigma_px}")
+        if self.blur_tiles < 0:
+            raise ValueError(f"blur_tiles must be >= 0, got {self.blur_tiles}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         matplotlib.colormaps[self.cmap]  # fail early on a misspelt colormap
@@ -212,7 +215,7 @@ def render_heatmap(
         ds = max(float(thumb_downsample), canvas_downsample(slide_dims, params.canvas_max_side))
         shape = canvas_shape(slide_dims, ds)
     canvas = score_canvas(coords, level0_px, values, slide_dims, ds, shape=shape)
-    canvas = blur_canvas(canvas, params.blur_sigma_px)
+    canvas = blur_canvas(canvas, params.blur_sigma_px + params.blur_tiles * float(level0_px) / ds)
     if params.tissue_masked and tissue_mask is not None:
         if mask_downsample is None:
             raise ValueError("mask_downsample is required with tissue_mask")
@@ -304,6 +307,9 @@ def save_top_tiles(
 __all__ = [
     "HeatmapParams",
     "HeatmapResult",
+    "layer_legend",
+    "legend_caption",
+    "legend_ticks",
     "blur_canvas",
     "canvas_downsample",
     "canvas_shape",
@@ -328,6 +334,19 @@ def legend_labels(layer: ScoreLayer) -> tuple[str, str, str]:
     return f"{what}, probability", "0.0", "1.0"
 
 
+def legend_ticks(layer: ScoreLayer, n: int = 5) -> list[str]:
+    """``n`` evenly spaced colour-bar labels, low to high: percentiles 0-100 or probabilities 0.0-1.0."""
+    if layer.relative:
+        return [f"{v:g}" for v in np.linspace(0, 100, n)]
+    return [f"{v:.2f}" for v in np.linspace(0, 1, n)]
+
+
+def legend_caption(layer: ScoreLayer, model: str = "") -> str:
+    """The legend's second line: what is coloured, on which scale, by which model (``"clam_sb fold 0"``)."""
+    what, _, _ = legend_labels(layer)
+    return f"colour: {what}" + (f" | model: {model}" if model else "")
+
+
 def render_score_layer(
     thumbnail_rgb: np.ndarray,
     thumb_downsample: float,
@@ -340,13 +359,23 @@ def render_score_layer(
     mask_downsample: float | None = None,
     slide_dims: tuple[int, int] | None = None,
     title: str | None = None,
+    model: str = "",
 ) -> np.ndarray:
     """Paint any score layer with a labelled legend: attention / contribution / ranks as within-slide
-    percentiles, probabilities on the absolute 0-1 scale. Returns the RGB image (overlay + legend strip)."""
+    percentiles, probabilities on the absolute 0-1 scale. Returns the RGB image (overlay + legend strip).
+
+    ``model`` names the exact model (family + fold, or registered name + version) on the legend line."""
     result = paint_score_layer(thumbnail_rgb, thumb_downsample, layer, coords, level0_px, params,
                                tissue_mask=tissue_mask, mask_downsample=mask_downsample, slide_dims=slide_dims)
+    return layer_legend(result.overlay_rgb, (params or HeatmapParams()).cmap, layer, title, model)
+
+
+def layer_legend(overlay_rgb: np.ndarray, cmap: str, layer: ScoreLayer, title: str | None = None,
+                 model: str = "") -> np.ndarray:
+    """:func:`with_legend` with a layer's own title, ticks and caption (one place, so every image agrees)."""
     name, low, high = legend_labels(layer)
-    return with_legend(result.overlay_rgb, (params or HeatmapParams()).cmap, title or name, low, high)
+    return with_legend(overlay_rgb, cmap, title or name, low, high, ticks=legend_ticks(layer),
+                       caption=legend_caption(layer, model))
 
 
 def paint_score_layer(
@@ -369,22 +398,34 @@ def paint_score_layer(
                           value_range=None if layer.relative else (0.0, 1.0))
 
 
-def with_legend(overlay_rgb: np.ndarray, cmap: str, title: str, low: str, high: str) -> np.ndarray:
-    """Overlay with a title line on top and a colour bar labelled at both ends on the right."""
+def with_legend(overlay_rgb: np.ndarray, cmap: str, title: str, low: str, high: str, *,
+                ticks: list[str] | None = None, caption: str = "") -> np.ndarray:
+    """Overlay with a title line (and an optional caption line) on top and a colour bar on the right,
+    labelled at evenly spaced ``ticks`` (low to high; default just ``low`` and ``high``)."""
+    labels = list(ticks) if ticks else [low, high]
     h, w = overlay_rgb.shape[:2]
     font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, min(0.6, w / 1400)), 1
     (_, th), _ = cv2.getTextSize("Ag", font, scale, thick)
-    label_w = max(cv2.getTextSize(t, font, scale, thick)[0][0] for t in (low, high))
+    label_w = max(cv2.getTextSize(t, font, scale, thick)[0][0] for t in labels)
     bar_h = max(16, int(h * 0.6))
     bar_w = max(8, min(32, w // 40))
     bar = colorbar_legend(cmap, height=min(bar_h, h), width=bar_w)
-    margin, head = 8, th + 12
-    out = np.full((h + head, w + bar_w + label_w + 3 * margin, 3), 255, dtype=np.uint8)
+    margin, line = 8, th + 12
+    head = line * (2 if caption else 1)
+    width = w + bar_w + label_w + 3 * margin + 4
+    lines = [title, caption] if caption else [title]
+    width = max(width, *(cv2.getTextSize(t, font, scale, thick)[0][0] + 2 * margin for t in lines))
+    out = np.full((h + head, width, 3), 255, dtype=np.uint8)
     out[head:, :w] = overlay_rgb
-    cv2.putText(out, title, (margin, th + 4), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    for k, text in enumerate(lines):
+        cv2.putText(out, text, (margin, th + 4 + k * line), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
     top = head + (h - bar.shape[0]) // 2
     x0 = w + margin
     out[top : top + bar.shape[0], x0 : x0 + bar_w] = bar
-    cv2.putText(out, high, (x0 + bar_w + 4, top + th), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
-    cv2.putText(out, low, (x0 + bar_w + 4, top + bar.shape[0]), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    span = bar.shape[0] - 1
+    for k, text in enumerate(labels):  # low at the bottom, high at the top
+        y = top + span - round(k * span / max(1, len(labels) - 1))
+        out[y, x0 + bar_w : x0 + bar_w + 4] = 0  # tick mark
+        cv2.putText(out, text, (x0 + bar_w + 6, min(top + span, max(top + th, y + th // 2))), font, scale,
+                    (0, 0, 0), thick, cv2.LINE_AA)
     return out
