@@ -214,14 +214,94 @@ def _slide_record(path: str, mtime: float) -> SlideRecord:
     return SlideRecord.from_dict(json.loads(Path(path).read_text()))
 
 
-def slide_choice_labels(index: pd.DataFrame) -> dict[str, str]:
-    """Picker text per slide from the heatmaps index: ``s0 — true normal, predicted subtype_a (0.91)``."""
+def slide_choice_labels(worklist: pd.DataFrame) -> dict[str, str]:
+    """Picker text per slide of a worklist: ``s0 — true normal, predicted subtype_a (0.91)``."""
     labels = {}
-    for row in index.to_dict(orient="records"):
-        prob = row.get(f"prob_{row['pred']}")
-        conf = "" if prob is None or pd.isna(prob) else f" ({float(prob):.2f})"
-        labels[row["slide_id"]] = f"{row['slide_id']} — true {row['label']}, predicted {row['pred']}{conf}"
+    for row in worklist.to_dict(orient="records"):
+        conf = "" if pd.isna(row["confidence"]) else f" ({float(row['confidence']):.2f})"
+        labels[row["slide"]] = f"{row['slide']} — true {row['true label']}, predicted {row['predicted']}{conf}"
     return labels
+
+
+def _class_name(value, names: list[str]) -> str:
+    """A class as its name: predictions.csv may hold indices (older runs) or names."""
+    s = str(value)
+    if s.lstrip("-").isdigit() and 0 <= int(s) < len(names):
+        return names[int(s)]
+    return s
+
+
+def test_predictions(project: Project, model: str) -> pd.DataFrame | None:
+    """One row per slide: the test prediction of ``model``'s first fold that held it out (the fold whose model the
+    heatmaps stage explains); columns slide_id, fold, label, pred (class names), prob_<class>."""
+    preds = train_predictions(project, model)
+    if preds is None or preds.empty:
+        return None
+    names = [c[len("prob_"):] for c in preds.columns if c.startswith("prob_")]
+    test = preds[preds["split"] == "test"] if "split" in preds else preds
+    test = test.assign(slide_id=test["slide_id"].astype(str)).sort_values(["slide_id", "fold"])
+    test = test.drop_duplicates("slide_id").copy()
+    if "pred" not in test:
+        test["pred"] = test[[f"prob_{n}" for n in names]].to_numpy().argmax(1)
+    test["label"] = [_class_name(v, names) for v in test["label"]]
+    test["pred"] = [_class_name(v, names) for v in test["pred"]]
+    return test.reset_index(drop=True)
+
+
+def worklist(project: Project, model: str, index: pd.DataFrame) -> pd.DataFrame:
+    """The slides with heatmaps, as ``model`` sees them: true label, prediction, confidence, correct, and the exact
+    fold model behind the numbers. Falls back to the heatmaps index for the painted family without a
+    predictions.csv."""
+    preds = test_predictions(project, model)
+    if preds is None and model == project.heatmap_model:
+        preds = index
+    cols = ["slide", "true label", "predicted", "confidence", "correct", "model"]
+    if preds is None:
+        return pd.DataFrame(columns=cols)
+    rows = preds[preds["slide_id"].isin(set(index["slide_id"]))]
+    conf = [float(r[f"prob_{r['pred']}"]) if f"prob_{r['pred']}" in r and not pd.isna(r[f"prob_{r['pred']}"])
+            else math.nan for r in rows.to_dict(orient="records")]
+    out = pd.DataFrame({"slide": rows["slide_id"].astype(str), "true label": rows["label"].astype(str),
+                        "predicted": rows["pred"].astype(str), "confidence": conf,
+                        "correct": (rows["label"].astype(str) == rows["pred"].astype(str)),
+                        "model": [f"{model} fold {int(f)}" for f in rows["fold"]]})
+    order = {s: i for i, s in enumerate(index["slide_id"])}
+    return out.sort_values("slide", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def family_record(project: Project, slide_id: str, family: str) -> SlideRecord | None:
+    """``family``'s record of one slide (``models/<family>/record.json``, or the painted family's
+    ``record.json``); None when the stage did not explain the slide with that family.
+
+    Raises ValueError when the file is there but not a complete record.
+    """
+    from dashboard.heatmap_view import family_record_path
+
+    path = family_record_path(heatmap_dir(project, slide_id), family, project.heatmap_model)
+    return None if path is None else _slide_record(str(path), path.stat().st_mtime)
+
+
+def families_with_records(project: Project, slide_id: str, models: list[str]) -> list[str]:
+    from dashboard.heatmap_view import family_record_path
+
+    folder = heatmap_dir(project, slide_id)
+    return [m for m in models if family_record_path(folder, m, project.heatmap_model) is not None]
+
+
+@st.cache_resource(show_spinner=False)
+def _viewer_server(heatmaps_dir: str, tissue_dir: str, primary: str, host: str, port: int, public_url: str):
+    from dashboard.viewer_server import ViewerConfig, ViewerServer
+
+    return ViewerServer(ViewerConfig(Path(heatmaps_dir), Path(tissue_dir), primary), host=host, port=port,
+                        public_url=public_url)
+
+
+def viewer_server(project: Project):
+    """The process's slide-viewer server for this project, started on first use (params dashboard.viewer)."""
+    v = project.get("dashboard.viewer") or {}
+    return _viewer_server(str(project.path("heatmaps.out_dir")), str(project.path("tile.tissue_dir")),
+                          project.heatmap_model, str(v.get("host") or "127.0.0.1"), int(v.get("port") or 0),
+                          str(v.get("public_url") or ""))
 
 
 def qc_images(project: Project) -> dict[str, Path]:
@@ -392,6 +472,20 @@ def auc_of(curve: pd.DataFrame) -> float:
     if len(c) < 2:
         return math.nan
     return float(np.trapezoid(c["tpr"].to_numpy(float), c["fpr"].to_numpy(float)))
+
+
+def api_model_note(project: Project) -> str | None:
+    """Which model the API serves (the registry's champion), so its numbers are not mistaken for these."""
+    uri = project.tracking_uri
+    if store_problem(uri) is not None:
+        return None
+    name = project.registered_model_name
+    champ = registry_aliases(uri, name, ("champion",)).get("champion")
+    if champ is None:
+        return None
+    run = f", run `{champ.run_name}`" if champ.run_name else ""
+    return (f"The API serves `{name}` v{champ.version} (@champion{run}): that family's selected fold model, so "
+            "its numbers for this slide can differ from the test-fold numbers above.")
 
 
 # ---- registry -------------------------------------------------------------------------------------------

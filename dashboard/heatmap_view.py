@@ -17,7 +17,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from slidemil.evaluation.heatmap import HeatmapParams, legend_labels, paint_score_layer, with_legend
+from slidemil.evaluation.heatmap import (
+    HeatmapParams,
+    colorize,
+    layer_legend,
+    legend_caption,
+    legend_labels,
+    legend_ticks,
+    paint_score_layer,
+)
 from slidemil.methods import ScoreLayer
 from slidemil.scoring import ScoredSlide
 from slidemil.slides.masks import rasterize_polygons, to_mask_px
@@ -37,6 +45,8 @@ class SlideRecord(ScoredSlide):
     fold: int = -1
     slide_dims: tuple[int, int] = (0, 0)  # level-0 (w, h)
     thumb_downsample: float = 1.0  # level-0 px per thumbnail px
+    slide_path: str = ""  # the slide file the stage read ("" in records from before the viewer)
+    ground_truth: str | None = None  # file name of the copied ground-truth GeoJSON beside the record
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SlideRecord:
@@ -47,13 +57,29 @@ class SlideRecord(ScoredSlide):
                        saved_top_tiles=list(d["top_tiles"]), true_label=str(d["true_label"]),
                        family=str(d["family"]), fold=int(d["fold"]),
                        slide_dims=(int(d["slide_width"]), int(d["slide_height"])),
-                       thumb_downsample=float(d["thumb_downsample"]))
+                       thumb_downsample=float(d["thumb_downsample"]), slide_path=str(d.get("slide_path") or ""),
+                       ground_truth=d.get("ground_truth"))
         except KeyError as e:
             raise ValueError(f"record.json has no {e.args[0]!r}") from e
+
+    @property
+    def model_label(self) -> str:
+        """The exact model behind every number of the record: family and the fold model that scored it."""
+        return f"{self.family} fold {self.fold}"
 
     def stage_title(self, layer: ScoreLayer) -> str:
         """The title line the heatmaps stage prints on its image (kept equal so the stage's image is reproduced)."""
         return f"{self.slide_id} | {self.family} fold {self.fold} | {self.label}: {layer.name}"
+
+
+def family_record_path(folder: Path, family: str, primary_family: str) -> Path | None:
+    """The record of ``family`` for one slide: ``models/<family>/record.json``, else the folder's own
+    ``record.json`` when ``family`` is the painted one (records from before per-family outputs)."""
+    path = Path(folder) / "models" / family / "record.json"
+    if path.is_file():
+        return path
+    own = Path(folder) / "record.json"
+    return own if family == primary_family and own.is_file() else None
 
 
 def layer_summary(layer: ScoreLayer) -> str:
@@ -86,9 +112,10 @@ def composite(
     record: SlideRecord,
     layer: ScoreLayer,
     *,
-    cmap: str = "jet",
+    cmap: str = "viridis",
     alpha: float = 0.5,
     blur_sigma_px: float = 0.0,
+    blur_tiles: float = 0.0,
     tissue_fc: dict | None = None,
     contours: bool = False,
     legend: bool = True,
@@ -100,8 +127,8 @@ def composite(
     """
     ds = record.thumb_downsample
     view = record.tile_sets[layer.tile_set]
-    params = HeatmapParams(canvas_max_side=max(thumbnail.shape[:2]), blur_sigma_px=blur_sigma_px, cmap=cmap,
-                           alpha=alpha)
+    params = HeatmapParams(canvas_max_side=max(thumbnail.shape[:2]), blur_sigma_px=blur_sigma_px,
+                           blur_tiles=blur_tiles, cmap=cmap, alpha=alpha)
     mask = rasterize_polygons(tissue_fc, thumbnail.shape[:2], ds) if tissue_fc else None
     result = paint_score_layer(thumbnail, ds, layer, view.coords, view.level0_px, params, tissue_mask=mask,
                                mask_downsample=ds if mask is not None else None, slide_dims=record.slide_dims)
@@ -110,11 +137,57 @@ def composite(
         out = draw_contours(out, tissue_fc, ds)
     if not legend:
         return out
-    _, low, high = legend_labels(layer)
-    return with_legend(out, cmap, record.stage_title(layer), low, high)
+    return layer_legend(out, cmap, layer, record.stage_title(layer), record.model_label)
 
 
 def top_tile_image(folder: Path, slide_id: str, tile: Mapping[str, Any]) -> Path | None:
     """The PNG the stage saved for one of the record's top tiles (matched by rank and level-0 corner)."""
     hits = sorted(Path(folder).glob(f"{slide_id}_top{int(tile['rank']):03d}_*_x{int(tile['x'])}_y{int(tile['y'])}.png"))
     return hits[0] if hits else None
+
+
+# ---- viewer overlays (transparent PNGs laid over the Deep Zoom image) ------------------------------------
+def score_rgba(thumbnail_shape: tuple[int, int], record: SlideRecord, layer: ScoreLayer, *, cmap: str = "viridis",
+               blur_sigma_px: float = 0.0, blur_tiles: float = 0.0, tissue_fc: dict | None = None) -> np.ndarray:
+    """One score layer as an RGBA image at thumbnail scale: the stage's colours where tiles (inside tissue) are,
+    fully transparent elsewhere; the viewer sets the opacity."""
+    h, w = int(thumbnail_shape[0]), int(thumbnail_shape[1])
+    ds = record.thumb_downsample
+    view = record.tile_sets[layer.tile_set]
+    params = HeatmapParams(canvas_max_side=max(h, w), blur_sigma_px=blur_sigma_px, blur_tiles=blur_tiles, cmap=cmap,
+                           alpha=1.0)
+    mask = rasterize_polygons(tissue_fc, (h, w), ds) if tissue_fc else None
+    result = paint_score_layer(np.zeros((h, w, 3), np.uint8), ds, layer, view.coords, view.level0_px, params,
+                               tissue_mask=mask, mask_downsample=ds if mask is not None else None,
+                               slide_dims=record.slide_dims)
+    painted = np.isfinite(result.canvas)
+    if painted.shape != (h, w):
+        painted = cv2.resize(painted.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return np.dstack([result.overlay_rgb, np.where(painted, 255, 0).astype(np.uint8)])
+
+
+def contour_rgba(fc: dict, slide_dims: tuple[int, int], colour: tuple[int, int, int], max_side: int = 4096,
+                 thickness: int = 3) -> np.ndarray:
+    """Every polygon ring of a level-0 GeoJSON as an opaque line on a transparent RGBA image of the slide's
+    shape (longer side ``max_side``), sharp enough to zoom into."""
+    w0, h0 = slide_dims
+    ds = max(w0, h0) / max_side
+    out = np.zeros((max(1, round(h0 / ds)), max(1, round(w0 / ds)), 4), np.uint8)
+    for rings in polygons(fc):
+        pts = [np.round(to_mask_px(r, ds)).astype(np.int32) for r in rings]
+        cv2.polylines(out, [p.reshape(-1, 1, 2) for p in pts if len(p) > 1], True, (*colour, 255), thickness,
+                      lineType=cv2.LINE_AA)
+    return out
+
+
+def colour_stops(cmap: str, n: int = 11) -> list[str]:
+    """``n`` hex colours of a colormap, low to high: the viewer's CSS gradient for the legend bar."""
+    rgb = colorize(np.linspace(0.0, 1.0, n, dtype=np.float32)[None, :], cmap)[0]
+    return ["#{:02x}{:02x}{:02x}".format(*(int(v) for v in c)) for c in rgb]
+
+
+def legend_payload(record: SlideRecord, layer: ScoreLayer, cmap: str) -> dict:
+    """What the viewer's HTML legend shows for a layer: the same title, ticks and caption as the PNG legend."""
+    title, _, _ = legend_labels(layer)
+    return {"title": title, "ticks": legend_ticks(layer), "caption": legend_caption(layer, record.model_label),
+            "model": record.model_label, "colours": colour_stops(cmap), "relative": layer.relative}

@@ -196,9 +196,10 @@ def _probability_layer(scores: np.ndarray, class_name: str):
 
 
 def _write_stage_outputs(out: Path, scored, record_extra: dict, thumb: np.ndarray, fc: dict,
-                         params) -> dict:
-    """What the heatmaps stage writes for one slide: heatmap.png, thumbnail.png, tiles.geojson, top tiles named
-    as ``save_top_tiles`` names them, and record.json = ``ScoredSlide.record()`` + the stage's extra keys."""
+                         params, primary: bool = True) -> dict:
+    """What the heatmaps stage writes for one slide and family: ``models/<family>/`` heatmap.png and record.json;
+    for the painted family also heatmap.png, thumbnail.png, tiles.geojson, top tiles named as ``save_top_tiles``
+    names them, and record.json = ``ScoredSlide.record()`` + the stage's extra keys."""
     from slidemil.evaluation.heatmap import render_score_layer
     from slidemil.evaluation.tile_geojson import tiles_to_geojson
     from slidemil.slides.masks import rasterize_polygons
@@ -207,15 +208,21 @@ def _write_stage_outputs(out: Path, scored, record_extra: dict, thumb: np.ndarra
 
     layer, view = scored.primary, scored.tile_sets["tiles"]
     tissue = rasterize_polygons(fc, thumb.shape[:2], THUMB_DS)
-    title = f"{scored.slide_id} | {record_extra['family']} fold {record_extra['fold']} | {scored.label}: {layer.name}"
-    write_png_atomic(out / "heatmap.png", render_score_layer(
-        thumb, THUMB_DS, layer, view.coords, view.level0_px, params, tissue_mask=tissue, mask_downsample=THUMB_DS,
-        slide_dims=SLIDE_DIMS, title=title))
+    model = f"{record_extra['family']} fold {record_extra['fold']}"
+    title = f"{scored.slide_id} | {model} | {scored.label}: {layer.name}"
+    image = render_score_layer(thumb, THUMB_DS, layer, view.coords, view.level0_px, params, tissue_mask=tissue,
+                               mask_downsample=THUMB_DS, slide_dims=SLIDE_DIMS, title=title, model=model)
+    record = {**scored.record(3), **record_extra}
+    family_dir = out / "models" / record_extra["family"]
+    write_png_atomic(family_dir / "heatmap.png", image)
+    write_json_atomic(family_dir / "record.json", record)
+    if not primary:
+        return record
+    write_png_atomic(out / "heatmap.png", image)
     write_png_atomic(out / "thumbnail.png", thumb)
     write_geojson(out / "tiles.geojson", tiles_to_geojson(view.coords, view.level0_px,
                                                           {la.name: la.values for la in scored.layers},
                                                           scored.slide_id))
-    record = {**scored.record(3), **record_extra}
     side = round(TILE_L0 / THUMB_DS)
     for t in record["top_tiles"]:
         x, y = int(t["x"] / THUMB_DS), int(t["y"] / THUMB_DS)
@@ -226,10 +233,30 @@ def _write_stage_outputs(out: Path, scored, record_extra: dict, thumb: np.ndarra
     return record
 
 
+def _slide_image(thumb: np.ndarray, path: Path) -> Path:
+    """A level-0 slide file (JPEG, read by slidemil's plain-image backend) whose fine texture only shows when
+    zoomed in: the thumbnail scaled up plus a 6-px checker pattern."""
+    big = cv2.resize(thumb, SLIDE_DIMS, interpolation=cv2.INTER_LINEAR).astype(np.int16)
+    yy, xx = np.mgrid[0:SLIDE_DIMS[1], 0:SLIDE_DIMS[0]]
+    big += (((xx // 6 + yy // 6) % 2) * 40 - 20)[..., None].astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.clip(big, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return path
+
+
+def _circle_fc(cx: float, cy: float, r: float) -> dict:
+    pts = cv2.ellipse2Poly((int(cx), int(cy)), (int(r), int(r)), 0, 0, 360, 15)
+    ring = [[int(x), int(y)] for x, y in pts] + [[int(pts[0][0]), int(pts[0][1])]]
+    return {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {
+        "type": "Polygon", "coordinates": [ring]}, "properties": {"objectType": "annotation", "name": "tumour"}}]}
+
+
 def _write_slides(root: Path, facts: dict) -> None:
-    """Tissue and QC for three slides; heatmaps-stage outputs for s00 (attention + probability layers) and s01
-    (attention only). Predictions are clam_sb's test predictions, so index.csv, record.json and
-    predictions.csv agree as they do after `dvc repro`."""
+    """Tissue and QC for three slides; heatmaps-stage outputs for s00 (attention + probability layers, a slide
+    file, ground truth, and an abmil record beside clam_sb's) and s01 (clam_sb attention only, no slide file:
+    the viewer falls back to the thumbnail). Predictions are each family's test predictions, so index.csv,
+    record.json and predictions.csv agree as they do after `dvc repro`."""
     from slidemil.evaluation.heatmap import HeatmapParams
     from slidemil.methods import ScoreLayer, TileSetView
     from slidemil.scoring import ScoredSlide
@@ -247,6 +274,7 @@ def _write_slides(root: Path, facts: dict) -> None:
     coords = grid[inside]
     params = HeatmapParams(canvas_max_side=2048, cmap="jet", alpha=0.5)
     clam = facts["models"]["clam_sb"]["preds"]
+    abmil = facts["models"]["abmil"]["preds"]
     rows = []
     for k, slide in enumerate(("s00", "s01", "s02")):
         fc = _ellipse_fc(slide)
@@ -271,9 +299,26 @@ def _write_slides(root: Path, facts: dict) -> None:
         scored = ScoredSlide(slide, {c: float(p[f"prob_{c}"]) for c in CLASSES}, pred, int(p["pred"]), layers,
                              {"tiles": TileSetView(coords.astype(np.int64), TILE_L0)})
         extra = {"fold": int(p["fold"]), "family": "clam_sb", "true_label": CLASSES[int(p["label"])],
-                 "slide_width": SLIDE_DIMS[0], "slide_height": SLIDE_DIMS[1], "thumb_downsample": THUMB_DS}
+                 "slide_width": SLIDE_DIMS[0], "slide_height": SLIDE_DIMS[1], "thumb_downsample": THUMB_DS,
+                 "slide_path": "", "ground_truth": None}
+        if k == 0:
+            extra["slide_path"] = str(_slide_image(thumb, data / "slides" / f"{slide}.jpg"))
+            extra["ground_truth"] = "ground_truth.geojson"
+            (data / "heatmaps" / slide).mkdir(parents=True, exist_ok=True)
+            (data / "heatmaps" / slide / "ground_truth.geojson").write_text(json.dumps(_circle_fc(*hot, 420)))
         facts.setdefault("records", {})[slide] = _write_stage_outputs(data / "heatmaps" / slide, scored, extra,
                                                                       thumb, fc, params)
+        if k == 0:  # abmil explains s00 too, with its attention elsewhere
+            a = abmil[(abmil.slide_id == slide) & (abmil.split == "test")].iloc[0]
+            a_scores = np.exp(-((coords + TILE_L0 / 2 - np.array([1400.0, 1900.0])) ** 2).sum(1) / (2 * 400.0**2))
+            a_pred = CLASSES[int(a["pred"])]
+            a_scored = ScoredSlide(slide, {c: float(a[f"prob_{c}"]) for c in CLASSES}, a_pred, int(a["pred"]),
+                                   [ScoreLayer("attention", "tiles", a_scores, "attention", a_pred, "ABMIL attention")],
+                                   {"tiles": TileSetView(coords.astype(np.int64), TILE_L0)})
+            facts.setdefault("abmil_records", {})[slide] = _write_stage_outputs(
+                data / "heatmaps" / slide, a_scored, {**extra, "family": "abmil", "fold": int(a["fold"])}, thumb,
+                fc, params, primary=False)
+            facts.setdefault("abmil_scores", {})[slide] = a_scores
         rows.append({"slide_id": slide, "fold": int(p["fold"]), "label": CLASSES[int(p["label"])], "pred": pred,
                      **{f"prob_{c}": p[f"prob_{c}"] for c in CLASSES}, "n_tiles": len(coords), "top_tiles": 3,
                      "score_layer": layers[0].name, "score_kind": layers[0].kind, "slide_width": SLIDE_DIMS[0],
@@ -296,7 +341,8 @@ def build_fixture_project(root: Path, work: Path) -> dict:
         "train": {"experiment": "slidemil-demo", "models": list(MODEL_CFG), "out_dir": "data/train"},
         "evaluate": {"metrics": "data/eval/metrics.json", "roc_dir": "data/eval/roc"},
         "heatmaps": {"model": "clam_sb", "out_dir": "data/heatmaps", "top_k": 3,
-                     "render": {"canvas_max_side": 2048, "blur_sigma_px": 0, "cmap": "jet", "alpha": 0.5}},
+                     "render": {"canvas_max_side": 2048, "blur_sigma_px": 0, "blur_tiles": 0, "cmap": "jet",
+                                "alpha": 0.5}},
     }))
     facts = _log_models(root, work)
     _write_dvc_outputs(root, facts)
@@ -455,11 +501,10 @@ def test_slides_page_shows_heatmap_prediction_and_top_tiles(dashboard_project, m
     # the picker says what each slide is, not just its id
     assert slide_box.options == [
         f"{s} — true {r['label']}, predicted {r['pred']} ({r[f'prob_{r.pred}']:.2f})" for s, r in idx.iterrows()]
-    assert slide_box.options[0].startswith("s00 — true ") and ", predicted " in slide_box.options[0]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {"True label": row["label"], "Predicted": row["pred"]}
-    assert any("Correct" in s.value for s in at.success)
-    probs = _frames(at)[0].set_index("class")["probability"]
+    assert any(s.value == "Correct (clam_sb fold 0 model, test split)" for s in at.success)
+    probs = _frames(at)[1].set_index("class")["probability"]
     assert probs.to_dict() == pytest.approx({c: row[f"prob_{c}"] for c in CLASSES})
 
     # the layer choices are the record's, the first painted by default
@@ -469,15 +514,16 @@ def test_slides_page_shows_heatmap_prediction_and_top_tiles(dashboard_project, m
     assert layer_box.value == "attention"
     text = _texts(at)
     assert f"{len(f['coords'])} tiles · 8.00 level-0 px per thumbnail px" in text
-    assert "localisation AUROC: 0.873" in text
+    assert "localisation AUROC (clam_sb): 0.873" in text
     assert f"Layer `attention`: attention for class {row['pred']}. Colours: within-slide percentile" in text
+    champ = f["models"]["clam_sb"]["version"]
+    assert f"The API serves `slidemil-demo` v{champ} (@champion, run `clam_sb`)" in text
     captions = _image_captions(at)
-    assert captions[0] == ("s00: heatmap of clam_sb (params heatmaps.model), fold 0 model, layer attention: "
-                           "opacity 0.50, jet")
+    assert captions[0] == "s00: heatmap of clam_sb fold 0, layer attention: opacity 0.50, jet, smoothing 0 tiles"
     best = np.sort(f["scores"]["s00"])[::-1][:3]
     assert [c.split(" · ")[0] for c in captions[1:4]] == ["#1", "#2", "#3"]
     assert [float(c.split("score ")[1].split(" ")[0]) for c in captions[1:4]] == pytest.approx(best, abs=6e-4)
-    assert "Top tiles by attention" in text
+    assert "Top tiles by attention (clam_sb fold 0)" in text
 
     first = at.image[0].proto.imgs[0].url
     at.selectbox(key="layer").set_value("tile probability").run()
@@ -488,29 +534,82 @@ def test_slides_page_shows_heatmap_prediction_and_top_tiles(dashboard_project, m
 
     at.slider(key="alpha").set_value(0.8).run()
     at.selectbox(key="cmap").set_value("viridis").run()
+    at.slider(key="blur").set_value(1.0).run()
     at.toggle(key="contours").set_value(True).run()
     _no_exception(at)
-    assert "opacity 0.80, viridis" in _image_captions(at)[0]
+    assert "opacity 0.80, viridis, smoothing 1 tiles" in _image_captions(at)[0]
 
     # the misclassified slide has one layer: nothing to choose
     at.selectbox(key="slide").set_value("s01").run()
     _no_exception(at)
     r1 = idx.loc["s01"]
     assert {m.label: m.value for m in at.metric}["Predicted"] == r1["pred"] != r1["label"]
-    assert any("Misclassified" in e.value for e in at.error)
+    assert any("Misclassified (clam_sb fold 0 model" in e.value for e in at.error)
     assert "layer" not in [sb.key for sb in at.selectbox]
     assert "layer attention" in _image_captions(at)[0]
 
-    # another model's prediction for the same slide comes from its predictions.csv (first test fold); the page
-    # says the heatmap is still clam_sb's
+    # abmil did not explain s01: its prediction (from its predictions.csv) but no borrowed clam_sb heatmap
     at.selectbox(key="model").set_value("abmil").run()
     _no_exception(at)
     ab = f["models"]["abmil"]["preds"]
     ab = ab[(ab.slide_id == "s01") & (ab.split == "test")].sort_values("fold").iloc[0]
     assert {m.label: m.value for m in at.metric} == {"True label": CLASSES[ab["label"]],
                                                      "Predicted": CLASSES[ab["pred"]]}
-    assert "The heatmap is from `clam_sb`, not `abmil`" in _texts(at)
-    assert _image_captions(at)[0].startswith("s01: heatmap of clam_sb")
+    assert any("No heatmap of `abmil` for `s01`" in i.value for i in at.info)
+    assert not any(c.startswith("s01: heatmap of") for c in _image_captions(at))
+
+
+def test_worklist_filters_and_names_the_model(dashboard_project, monkeypatch):
+    f = dashboard_project
+    at = _app(f["root"], monkeypatch, "slides")
+    table = _frames(at)[0]
+    idx = f["index"].set_index("slide_id")
+    assert list(table.columns) == ["slide", "true label", "predicted", "confidence", "correct", "model"]
+    assert list(table["slide"]) == ["s00", "s01"] and list(table["correct"]) == [True, False]
+    assert list(table["model"]) == [f"clam_sb fold {int(idx.loc[s, 'fold'])}" for s in ("s00", "s01")]
+    assert table["confidence"].tolist() == pytest.approx([idx.loc[s, f"prob_{idx.loc[s, 'pred']}"]
+                                                          for s in ("s00", "s01")])
+    assert "2 of 2 slides" in _texts(at)
+
+    at.toggle(key="misclassified").set_value(True).run()
+    _no_exception(at)
+    assert list(_frames(at)[0]["slide"]) == ["s01"] and "1 of 2 slides" in _texts(at)
+    assert at.selectbox(key="slide").value == "s01" and len(at.selectbox(key="slide").options) == 1
+    at.toggle(key="misclassified").set_value(False).run()
+    at.multiselect(key="true_class").set_value([idx.loc["s00", "label"]]).run()
+    _no_exception(at)
+    assert list(_frames(at)[0]["slide"]) == ["s00"]
+    at.multiselect(key="true_class").set_value([]).run()
+
+    # another family: its own predictions, confidences and fold labels
+    at.selectbox(key="model").set_value("abmil").run()
+    _no_exception(at)
+    ab = f["models"]["abmil"]["preds"]
+    ab = ab[ab.split == "test"].sort_values("fold").drop_duplicates("slide_id").set_index("slide_id")
+    table = _frames(at)[0].set_index("slide")
+    for s in ("s00", "s01"):
+        pred = CLASSES[int(ab.loc[s, "pred"])]
+        assert table.loc[s, "predicted"] == pred and table.loc[s, "model"] == f"abmil fold {int(ab.loc[s, 'fold'])}"
+        assert table.loc[s, "confidence"] == pytest.approx(ab.loc[s, f"prob_{pred}"])
+
+
+def test_model_choice_paints_that_models_heatmap_and_side_by_side(dashboard_project, monkeypatch):
+    f = dashboard_project
+    at = _app(f["root"], monkeypatch, "slides")
+    clam_url = at.image[0].proto.imgs[0].url
+    assert at.selectbox(key="compare").options == ["(none)", "abmil"]
+    at.selectbox(key="model").set_value("abmil").run()
+    _no_exception(at)
+    captions = _image_captions(at)
+    assert captions[0].startswith("s00: heatmap of abmil fold 0, layer attention")
+    assert at.image[0].proto.imgs[0].url != clam_url
+    assert "Top tiles by attention (abmil fold 0)" in _texts(at)
+
+    at.selectbox(key="compare").set_value("clam_sb").run()
+    _no_exception(at)
+    heatmaps = [c for c in _image_captions(at) if c.startswith("s00: heatmap of")]
+    assert [c.split(",")[0] for c in heatmaps] == ["s00: heatmap of abmil fold 0", "s00: heatmap of clam_sb fold 0"]
+    assert "`abmil` and `clam_sb` on s00" in _texts(at)
 
 
 def test_slide_without_record_says_to_rerun_the_stage(tmp_path, monkeypatch):
