@@ -272,7 +272,7 @@ def _write_slides(root: Path, facts: dict) -> None:
     centre = grid + TILE_L0 / 2
     inside = ((centre[:, 0] - 2048) / 1400) ** 2 + ((centre[:, 1] - 1536) / 1000) ** 2 <= 1
     coords = grid[inside]
-    params = HeatmapParams(canvas_max_side=2048, cmap="jet", alpha=0.5)
+    params = HeatmapParams(canvas_max_side=2048, cmap="viridis", alpha=0.5)
     clam = facts["models"]["clam_sb"]["preds"]
     abmil = facts["models"]["abmil"]["preds"]
     rows = []
@@ -341,7 +341,7 @@ def build_fixture_project(root: Path, work: Path) -> dict:
         "train": {"experiment": "slidemil-demo", "models": list(MODEL_CFG), "out_dir": "data/train"},
         "evaluate": {"metrics": "data/eval/metrics.json", "roc_dir": "data/eval/roc"},
         "heatmaps": {"model": "clam_sb", "out_dir": "data/heatmaps", "top_k": 3,
-                     "render": {"canvas_max_side": 2048, "blur_sigma_px": 0, "blur_tiles": 0, "cmap": "jet",
+                     "render": {"canvas_max_side": 2048, "blur_sigma_px": 0, "blur_tiles": 0.5, "cmap": "viridis",
                                 "alpha": 0.5}},
     }))
     facts = _log_models(root, work)
@@ -519,7 +519,7 @@ def test_slides_page_shows_heatmap_prediction_and_top_tiles(dashboard_project, m
     champ = f["models"]["clam_sb"]["version"]
     assert f"The API serves `slidemil-demo` v{champ} (@champion, run `clam_sb`)" in text
     captions = _image_captions(at)
-    assert captions[0] == "s00: heatmap of clam_sb fold 0, layer attention: opacity 0.50, jet, smoothing 0 tiles"
+    assert captions[0] == "s00: heatmap of clam_sb fold 0, layer attention: opacity 0.50, viridis, smoothing 0.5 tiles"
     best = np.sort(f["scores"]["s00"])[::-1][:3]
     assert [c.split(" · ")[0] for c in captions[1:4]] == ["#1", "#2", "#3"]
     assert [float(c.split("score ")[1].split(" ")[0]) for c in captions[1:4]] == pytest.approx(best, abs=6e-4)
@@ -533,11 +533,11 @@ def test_slides_page_shows_heatmap_prediction_and_top_tiles(dashboard_project, m
     assert "layer tile probability" in _image_captions(at)[0] and at.image[0].proto.imgs[0].url != first
 
     at.slider(key="alpha").set_value(0.8).run()
-    at.selectbox(key="cmap").set_value("viridis").run()
+    at.selectbox(key="cmap").set_value("magma").run()
     at.slider(key="blur").set_value(1.0).run()
     at.toggle(key="contours").set_value(True).run()
     _no_exception(at)
-    assert "opacity 0.80, viridis, smoothing 1 tiles" in _image_captions(at)[0]
+    assert "opacity 0.80, magma, smoothing 1 tiles" in _image_captions(at)[0]
 
     # the misclassified slide has one layer: nothing to choose
     at.selectbox(key="slide").set_value("s01").run()
@@ -696,7 +696,7 @@ def test_recomposited_heatmap_equals_the_stage_image(dashboard_project):
     assert np.allclose(record.primary.values, dashboard_project["scores"]["s00"])
     assert (record.family, record.slide_dims, record.thumb_downsample) == ("clam_sb", SLIDE_DIMS, THUMB_DS)
     tissue = json.loads((dashboard_project["root"] / "data" / "tissue" / "s00.geojson").read_text())
-    same = hv.composite(thumb, record, record.primary, cmap="jet", alpha=0.5, tissue_fc=tissue)
+    same = hv.composite(thumb, record, record.primary, cmap="viridis", alpha=0.5, tissue_fc=tissue)
     assert np.array_equal(same, stage)  # the stage's settings reproduce its image exactly, title and legend too
 
     plain = hv.composite(thumb, record, record.primary, alpha=0.5, tissue_fc=tissue, legend=False)

@@ -115,3 +115,126 @@ def test_dashboard_in_chromium(dashboard_url, dashboard_project):  # noqa: F811
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def _png_pixels(data: bytes):
+    import cv2
+    import numpy as np
+
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).astype(int)
+
+
+def _changed(a, b) -> float:
+    """Share of pixels whose colour moved by more than a little (JPEG and resampling noise stays below)."""
+    return float((abs(a - b).max(axis=2) > 24).mean())
+
+
+def _settle(frame, requests: list[str], done: list[str], quiet_ms: int = 700, timeout_ms: int = 30_000) -> None:
+    """Wait until every request the page made has been answered and none came for ``quiet_ms`` (the first
+    tile of a plain-image slide waits for its decode)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    seen = -1
+    while time.monotonic() < deadline:
+        if len(requests) == seen and len(done) >= len(requests):
+            break
+        seen = len(requests)
+        frame.wait_for_timeout(quiet_ms)
+    frame.wait_for_timeout(400)  # the last tiles' fade-in
+
+
+def _levels(requests: list[str]) -> list[int]:
+    import re
+
+    return [int(m[1]) for u in requests if (m := re.search(r"/dz/s00_files/(\d+)/\d+_\d+\.jpeg", u))]
+
+
+def test_slide_viewer_worklist_and_side_by_side_in_chromium(dashboard_url, dashboard_project):  # noqa: F811
+    """The Slides page in a real browser: the viewer zooms (deeper Deep Zoom levels are requested from the tile
+    server and the canvas changes), overlays toggle, the legend names layer, scale and model, the worklist
+    filter changes the rows, and two models' heatmaps render side by side."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="`pip install playwright` (no browser download)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(60_000)
+            requests: list[str] = []
+            done: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("requestfinished", lambda r: done.append(r.url))
+            page.on("requestfailed", lambda r: done.append(r.url))
+            page.goto(f"{dashboard_url}/slides")
+            page.get_by_role("heading", name="Worklist").wait_for()
+            page.get_by_text("2 of 2 slides").wait_for()
+
+            frame_el = page.locator("iframe").first
+            frame_el.wait_for()
+            frame = frame_el.element_handle().content_frame()
+            frame.locator("body[data-ready='1']").wait_for()
+            _settle(frame, requests, done)
+            osd = frame.locator("#osd")
+
+            legend = frame.locator("[data-testid='viewer-legend']")
+            legend.wait_for(state="visible")
+            text = legend.inner_text()
+            assert "attention (normal), within-slide percentile" in text and "model: clam_sb fold 0" in text, text
+            assert [t.strip() for t in frame.locator("#legend-ticks span").all_inner_texts()] == [
+                "0", "25", "50", "75", "100"]
+            options = frame.locator("#layer option").all_inner_texts()
+            assert any(o.startswith("abmil fold 0 · attention") for o in options), options  # any model's layers
+            assert frame.locator(".top-tile").count() == 3
+            page.screenshot(path=str(ARTIFACTS / "dashboard_slides_viewer.png"), full_page=True)
+
+            with_layer = _png_pixels(osd.screenshot())
+            frame.locator("#layer").select_option("")  # score layer off
+            _settle(frame, requests, done)
+            plain = _png_pixels(osd.screenshot())
+            assert legend.is_hidden()
+            assert _changed(with_layer, plain) > 0.05
+
+            frame.locator("#c-truth").check()  # ground-truth contour on
+            _settle(frame, requests, done)
+            truth = _png_pixels(osd.screenshot())
+            assert 0.001 < _changed(plain, truth) < 0.2
+            red = (truth[..., 2] > 180) & (truth[..., 1] < 90) & (truth[..., 0] < 90)  # BGR
+            assert red.sum() > 200
+
+            before = max(_levels(requests))
+            frame.evaluate("() => { const v = window.slidemilViewer; v.viewport.zoomBy(12); "
+                           "v.viewport.applyConstraints(true); }")
+            _settle(frame, requests, done)
+            zoomed = _png_pixels(osd.screenshot())
+            deeper = max(_levels(requests))
+            assert deeper > before, (before, deeper)
+            assert deeper == 12  # 4096 px wide: level 12 is level 0 of the slide, where the checker shows
+            assert _changed(truth, zoomed) > 0.2
+            (ARTIFACTS / "viewer_zoomed.png").write_bytes(osd.screenshot())
+
+            # side by side: clam_sb and abmil on s00
+            box = page.get_by_role("combobox", name="Compare with")
+            box.click()
+            box.fill("abmil")  # the options filter as one types; Enter picks the one left
+            page.get_by_role("option").filter(has_text="abmil").wait_for()
+            page.keyboard.press("Enter")
+            page.get_by_text("on s00").first.wait_for()
+            imgs = page.locator("[data-testid='stImage'] img")
+            page.get_by_text("s00: heatmap of abmil fold 0").first.wait_for()
+            page.get_by_text("s00: heatmap of clam_sb fold 0").first.wait_for()
+            for i in range(2):
+                page.wait_for_function("img => img.complete && img.naturalWidth > 512", arg=imgs.nth(i).element_handle())
+            page.set_viewport_size({"width": 1400, "height": 3000})  # Streamlit scrolls inside: show it all
+            page.wait_for_timeout(800)
+            shot = ARTIFACTS / "dashboard_slides_after.png"
+            page.screenshot(path=str(shot), full_page=True)
+            page.set_viewport_size({"width": 1400, "height": 1400})
+            assert shot.stat().st_size > 10_000
+
+            # worklist: misclassified only leaves s01
+            page.get_by_text("Misclassified only").click()
+            page.get_by_text("1 of 2 slides").wait_for()
+            page.get_by_text("Misclassified (clam_sb fold 0 model, test split)").wait_for()
+            page.get_by_text("Misclassified only").click()
+            page.get_by_text("2 of 2 slides").wait_for()
+        finally:
+            browser.close()

@@ -306,6 +306,44 @@ def test_score_layers_relative_vs_absolute_scale():
     assert legend_labels(_layer([1], "contribution"))[0] == "score (tumour), within-slide percentile"
 
 
+def test_legend_has_ticks_caption_and_model():
+    """Five labelled ticks on the bar (each a short black mark beside it), a second header line naming the
+    scale and the model, and the same canvas with and without it."""
+    from slidemil.evaluation.heatmap import layer_legend, legend_caption, legend_ticks, with_legend
+
+    overlay = np.full((300, 400, 3), 200, np.uint8)
+    layer = _layer([1], "attention")
+    assert legend_ticks(layer) == ["0", "25", "50", "75", "100"]
+    assert legend_ticks(_layer([1], "probability")) == ["0.00", "0.25", "0.50", "0.75", "1.00"]
+    assert legend_caption(layer, "clam_sb fold 1") == ("colour: score (tumour), within-slide percentile | "
+                                                       "model: clam_sb fold 1")
+    plain = with_legend(overlay, "viridis", "t", "0", "100")
+    full = layer_legend(overlay, "viridis", layer, "s1 | clam_sb fold 1 | tumour: score", "clam_sb fold 1")
+    head_plain, head_full = plain.shape[0] - 300, full.shape[0] - 300
+    assert head_full == 2 * head_plain  # title + caption lines
+    assert (full[head_plain:head_full] < 100).any()  # the caption line is drawn
+    assert np.array_equal(full[head_full:, :400], overlay)
+    bar_w = max(8, min(32, 400 // 40))
+    tick_col = full[head_full:, 400 + 8 + bar_w + 1]  # just right of the bar: the tick marks
+    assert (tick_col.max(axis=1) == 0).sum() == 5
+
+
+def test_blur_tiles_smooths_in_tile_units():
+    """blur_tiles is sigma in tile widths: the same smoothing whatever the canvas scale, inside the tiles only."""
+    coords = np.array([[x, y] for y in range(0, 80, 20) for x in range(0, 80, 20)])
+    scores = np.arange(len(coords), dtype=float)
+    thumb = np.full((80, 80, 3), 128, np.uint8)
+    sharp = render_heatmap(thumb, 1.0, coords, 20, scores, HeatmapParams(alpha=1.0, cmap="viridis")).canvas
+    soft = render_heatmap(thumb, 1.0, coords, 20, scores, HeatmapParams(alpha=1.0, cmap="viridis",
+                                                                       blur_tiles=0.5)).canvas
+    same = render_heatmap(thumb, 1.0, coords, 20, scores, HeatmapParams(alpha=1.0, cmap="viridis",
+                                                                       blur_sigma_px=10.0)).canvas
+    assert len(np.unique(sharp)) == 16 and len(np.unique(soft)) > 100  # blocks vs a gradient
+    np.testing.assert_allclose(soft, same, atol=1e-6)  # 0.5 tile of 20 px = sigma 10 px
+    with pytest.raises(ValueError, match="blur_tiles"):
+        HeatmapParams(blur_tiles=-1)
+
+
 def test_mean_pool_bundle_serves_a_heatmap(slides_dir):
     """A pooling champion explains with tile contributions: heatmap, GeoJSON measurement and top tiles."""
     import io
