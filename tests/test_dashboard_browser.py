@@ -108,7 +108,8 @@ def test_dashboard_in_chromium(dashboard_url, dashboard_project):  # noqa: F811
             natural = heatmap.evaluate("img => [img.naturalWidth, img.naturalHeight]")
             # the thumbnail (512 x 384) plus the stage's title line above and labelled colour bar on its right
             assert natural[1] > 384 and natural[0] > 512, natural
-            page.get_by_text(dashboard_project["index"].set_index("slide_id").loc["s00", "pred"]).first.wait_for()
+            pred = dashboard_project["index"].set_index("slide_id").loc["s00", "pred"]
+            page.locator('[data-testid="stMetricValue"]', has_text=pred).first.wait_for()
             page.wait_for_timeout(500)  # let the top-tile gallery finish painting
             shot = ARTIFACTS / "dashboard_slides.png"
             page.screenshot(path=str(shot), full_page=True)
