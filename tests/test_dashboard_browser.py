@@ -212,6 +212,11 @@ def test_slide_viewer_worklist_and_side_by_side_in_chromium(dashboard_url, dashb
             assert _changed(truth, zoomed) > 0.2
             (ARTIFACTS / "viewer_zoomed.png").write_bytes(osd.screenshot())
 
+            # back to the whole slide with clam_sb's attention for the closing screenshot
+            frame.locator("#layer").select_option(index=1)
+            frame.evaluate("() => window.slidemilViewer.viewport.goHome(true)")
+            _settle(frame, requests, done)
+
             # side by side: clam_sb and abmil on s00
             box = page.get_by_role("combobox", name="Compare with")
             box.click()

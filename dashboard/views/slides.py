@@ -161,7 +161,7 @@ if compare != NONE:
         heatmap(model, record, record_problem, "layer")
     with b:
         heatmap(compare, *load_record(compare), "layer_compare")
-    left, right = st.columns([3, 2])
+    _, right = st.columns([1, 2])  # the prediction under the pair, not beside an empty column
 else:
     left, right = st.columns([3, 2])
     with left:
