@@ -54,7 +54,6 @@ class ViewerServer:
         self.httpd.daemon_threads = True
         bound_host, bound_port = self.httpd.server_address[:2]
         self.url = (public_url or f"http://{bound_host}:{bound_port}").rstrip("/")
-        self.requests: list[str] = []  # paths asked for, newest last (a bounded log for checks)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="slidemil-viewer", daemon=True)
         self.thread.start()
 
@@ -219,9 +218,6 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         url = urlsplit(self.path)
         path = url.path
-        log = self.viewer.requests
-        log.append(path)
-        del log[:-2000]
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
             if path.startswith("/static/"):
