@@ -180,3 +180,29 @@ def test_one_sgd_step_lowers_the_loss_on_a_fixed_bag_set():
         loss.backward()
         opt.step()
     assert float(method.training_loss(model, bags)[0].detach()) < first
+
+
+def test_ablation_fusions_concat_and_parent_only():
+    """``concat``: the token is [parent, mean of its present children] (parent 0's two dropped children do
+    not count); ``parent``: the parent alone - children never change the output; neither has an MSA block
+    nor a fine-scale map."""
+    slide = grid_slide()
+    children = torch.from_numpy(slide.tile_sets["parents"].children)
+    parents = torch.from_numpy(slide.features["parents"])
+    tiles = torch.from_numpy(slide.features["tiles"])
+    concat = MSAModel(small_config(fusion="concat")).eval()
+    token, attn = concat.attend(parents, tiles, children)
+    kept = [i for i in range(16) if i not in (3, 7)]
+    torch.testing.assert_close(token[0], torch.cat([parents[0], tiles[kept].mean(0)]))
+    torch.testing.assert_close(token[2], torch.cat([parents[2], tiles[32:48].mean(0)]))
+    assert not hasattr(concat, "msa") and float(attn.abs().sum()) == 0.0
+
+    alone = MSAModel(small_config(fusion="parent")).eval()
+    rows = torch.tensor([[0, 1, 2, 3], [4, 0, 1, 2]])
+    shuffled = tiles[torch.randperm(len(tiles))]
+    torch.testing.assert_close(alone(parents, tiles, children, rows).logits,
+                               alone(parents, shuffled, children, rows).logits)
+    layers = get_method("msa")(small_config(fusion="parent")).explain(alone, grid_slide(), 1, ["a", "b", "c"])
+    assert [la.name for la in layers] == ["parent_contribution"]
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        small_config(fusion="sum")
