@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -118,12 +119,15 @@ class ModelBundle:
 
     @classmethod
     def create(cls, method: str, method_config: dict[str, Any], class_names: list[str], encoder: dict[str, Any],
-               tiling: dict[str, Any], *, state_dict: dict | None = None, **spec_fields: Any) -> ModelBundle:
-        """A ``tiles``-only bundle from its parts; without ``state_dict`` the method's freshly initialised
-        model (seed torch first) - for tests, demos and serving benchmarks."""
+               tiling: dict[str, Any], *, state_dict: dict | None = None, tile_sets: Sequence[str] = ("tiles",),
+               **spec_fields: Any) -> ModelBundle:
+        """A bundle from its parts, ``encoder`` encoding every tile set in ``tile_sets`` (multi-scale methods:
+        ``("tiles", "parents")``); without ``state_dict`` the method's freshly initialised model (seed torch
+        first) - for tests, demos and serving benchmarks."""
+        encoders = {name: EncoderComponent(**encoder) for name in tile_sets}
         spec = BundleSpec(method=method, method_config=method_config, class_names=class_names,
-                          components=Components(encoders={"tiles": EncoderComponent(**encoder)}),
-                          tile_sets=["tiles"], tiling=tiling, **spec_fields)
+                          components=Components(encoders=encoders), tile_sets=list(tile_sets), tiling=tiling,
+                          **spec_fields)
         if state_dict is None:
             from slidemil.methods import get_method
 
