@@ -142,7 +142,9 @@ class ModelBundle:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            text = json.dumps(to_jsonable(spec.model_dump()), indent=2, sort_keys=True) + "\n"
+            meta = spec.model_dump()
+            _ship_checkpoints(meta, tmp)
+            text = json.dumps(to_jsonable(meta), indent=2, sort_keys=True) + "\n"
             (tmp / "bundle.json").write_text(text)
             torch.save(self.state_dict, tmp / "weights.pt")
             if folder.exists():
@@ -171,6 +173,10 @@ class ModelBundle:
                 "(`dvc repro train`)")
         if fmt != BUNDLE_FORMAT:
             raise BundleError(f"{folder}: unsupported bundle format {fmt!r} (this slidemil reads {BUNDLE_FORMAT})")
+        for enc in meta.get("components", {}).get("encoders", {}).values():
+            shipped = folder / str(enc.get("weights", ""))
+            if str(enc.get("weights", "")).startswith(f"{SHIPPED_DIR}/") and shipped.is_file():
+                enc["weights"] = str(shipped.resolve())  # a checkpoint that travels with the bundle
         try:
             spec = BundleSpec.model_validate(meta)
         except ValidationError as exc:
@@ -187,6 +193,25 @@ class ModelBundle:
         model = method.build_model()
         model.load_state_dict(self.state_dict)
         return method, model.eval()
+
+
+#: bundle sub-folder holding the encoder checkpoints a bundle needs (a pipeline-trained encoder must reach serving)
+SHIPPED_DIR = "encoders"
+
+
+def _ship_checkpoints(meta: dict[str, Any], folder: Path) -> None:
+    """Copy each checkpoint encoder's file into ``folder/encoders/`` and point ``weights`` at it (relative), so a
+    bundle logged to MLflow and served elsewhere carries the encoder its features came from."""
+    for enc in meta["components"]["encoders"].values():
+        weights = str(enc.get("weights", ""))
+        if weights.split(":")[0] in ("random", "imagenet") or not Path(weights).is_file():
+            continue
+        ident = str(enc.get("weights_id") or "").removeprefix("checkpoint:") or Path(weights).stem
+        rel = f"{SHIPPED_DIR}/{ident}{Path(weights).suffix or '.pt'}"
+        (folder / SHIPPED_DIR).mkdir(exist_ok=True)
+        if not (folder / rel).exists():
+            shutil.copyfile(weights, folder / rel)
+        enc["weights"] = rel
 
 
 def upgrade_format1(folder: str | Path, out: str | Path | None = None) -> Path:
