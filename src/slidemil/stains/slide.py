@@ -7,14 +7,17 @@ pipeline would have cached for it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slidemil.slides.geometry import TileGeometry
-from slidemil.slides.reader import SlideReader
 from slidemil.stains.config import StainConfig
 from slidemil.stains.fit import fit_stain_matrix, sample_pixels
 from slidemil.stains.matrix import StainMatrix
+
+if TYPE_CHECKING:  # annotations only: importing the stain core must not load the slide backends
+    from slidemil.slides.geometry import TileGeometry
+    from slidemil.slides.reader import SlideReader
 
 
 def fit_slide_stains(reader: SlideReader, coords: np.ndarray, geometry: TileGeometry,
