@@ -5,6 +5,7 @@ refusing a matrix fitted on other tiles."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +87,7 @@ def test_stage_fits_every_slide_names_a_broken_one_and_resumes(cohort, monkeypat
 
     rc, summary = _run(root, monkeypatch, allow_failures=True)  # same settings and tiles: skipped
     assert rc == 0 and summary["n_skipped"] == 2 and set(summary["slides"]) == set(good)
+    _dashboard_shows_the_stains(root, good, monkeypatch)
 
     rc, summary = _run(root, monkeypatch, allow_failures=True, fit={"sample_step": 10, "beta": 0.2})
     assert summary["n_skipped"] == 0 and set(summary["slides"]) == set(good)  # a changed setting re-fits
@@ -96,6 +98,26 @@ def test_stage_fits_every_slide_names_a_broken_one_and_resumes(cohort, monkeypat
     _run(root, monkeypatch, allow_failures=True, fit={"sample_step": 10, "beta": 0.2})
     assert not (root / "stains" / f"{good[1]}.h5").exists()  # a slide dropped from the manifest is pruned
     assert not (root / "stains" / "qc" / f"{good[1]}.png").exists()
+
+
+def _dashboard_shows_the_stains(root, good: list[str], monkeypatch) -> None:
+    """The Data page lists the slides with a stain QC panel and shows the picked slide's matrix."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SLIDEMIL_PROJECT_ROOT", str(root))
+    monkeypatch.setenv("SLIDEMIL_PARAMS", str(root / "params.yaml"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("views/data.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    pick = at.selectbox(key="stain_slide")
+    assert pick.options == sorted(good)
+    pick.set_value(good[1]).run()
+    captions = [img.caption for el in at.image for img in el.proto.imgs]
+    assert f"{good[1]}: tiles as RGB | hematoxylin | eosin" in captions
+    matrix = [d.value for d in at.dataframe if "max_concentration" in d.value.columns][0]
+    assert list(matrix.index) == ["hematoxylin", "eosin"] and matrix.loc["hematoxylin", "R"] > matrix.loc["eosin", "R"]
 
 
 def test_stains_layer_round_trip_and_tiles_check(tmp_path):
