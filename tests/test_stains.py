@@ -217,3 +217,11 @@ def test_fit_slide_stains_reads_tiles_and_matches_the_region_fit(slides_dir, cmu
     assert few.n_pixels < m.n_pixels and angles[0] < 8 and angles[1] < 4
     np.testing.assert_array_equal(sampled_tiles(10, 0), np.arange(10))
     np.testing.assert_array_equal(sampled_tiles(10, 4), [0, 3, 6, 9])
+
+
+def test_params_yaml_holds_every_fit_constant_at_the_papers_defaults():
+    from pipelines.common import load_params
+
+    fit = load_params()["stains"]["fit"]
+    assert set(fit) == set(StainConfig().to_dict())
+    assert StainConfig.from_dict(fit) == StainConfig()
