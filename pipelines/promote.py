@@ -28,7 +28,7 @@ def main() -> int:
                            summary["parent_run_id"]))
     candidates.sort(reverse=True)
     value, _, name, run_id = candidates[0]
-    setup_tracking(ROOT, p["train"]["experiment"])
+    setup_tracking(ROOT, p["train"]["experiment"], p["train"].get("tracking_uri"))
     result = register_and_promote(f"runs:/{run_id}/model", pr["model_name"], f"val_{pr['metric']}_mean", value,
                                   run_id=run_id, description=f"{name}, selected on validation {pr['metric']}")
     out = {**result.to_dict(), "family": name, "run_id": run_id,
