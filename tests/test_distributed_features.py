@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from slidemil.slides.backends import open_slide
@@ -27,8 +28,12 @@ _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 
 def test_ranks_come_from_torchrun_or_slurm_and_shards_cover_every_slide_once():
     assert ranks_from_env({}) == Ranks()
-    assert ranks_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Ranks(1, 2, 1, "torchrun")
-    assert ranks_from_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}) == Ranks(5, 8, 1, "slurm")
+    torchrun = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert ranks_from_env(torchrun) == Ranks(1, 2, 1, "torchrun", 2)
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "4(x2)"}
+    assert ranks_from_env(slurm) == Ranks(5, 8, 1, "slurm", 4)
+    assert Ranks(1, 2, 1).device("auto") == ("cuda:1" if torch.cuda.device_count() > 1 else
+                                             "cuda:0" if torch.cuda.is_available() else "cpu")
     items = [f"s{i}" for i in range(11)]
     shards = [Ranks(r, 4).shard(items) for r in range(4)]
     assert sorted(sum(shards, [])) == sorted(items) and shards[1] == ["s1", "s5", "s9"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,19 +22,21 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 
-#: (rank, world size, local rank) variables of each launcher, tried in this order
-_LAUNCHERS = (("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"),
-              ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
+#: (rank, world size, local rank, processes on this node) variables of each launcher, tried in this order
+_LAUNCHERS = (("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
+              ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"))
 
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place in a job: ``rank`` of ``world_size`` processes, ``local_rank`` on its node."""
+    """This process's place in a job: ``rank`` of ``world_size`` processes, ``local_rank`` of ``local_world_size``
+    on its node."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     launcher: str = "single"
+    local_world_size: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size or self.local_rank < 0:
@@ -58,9 +61,11 @@ class Ranks:
 def ranks_from_env(env: Mapping[str, str] | None = None) -> Ranks:
     """The job layout the launcher put in the environment (torchrun first, then SLURM); one process otherwise."""
     env = os.environ if env is None else env
-    for launcher, rank, world, local in _LAUNCHERS:
+    for launcher, rank, world, local, per_node in _LAUNCHERS:
         if env.get(world):
-            return Ranks(int(env.get(rank, "0")), int(env[world]), int(env.get(local, "0")), launcher)
+            n_local = re.match(r"\d+", env.get(per_node) or env[world])  # SLURM may say "4(x2)"
+            return Ranks(int(env.get(rank, "0")), int(env[world]), int(env.get(local, "0")), launcher,
+                         int(n_local.group()) if n_local else 1)
     return Ranks()
 
 
@@ -68,7 +73,8 @@ def ranks_from_env(env: Mapping[str, str] | None = None) -> Ranks:
 def process_group(ranks: Ranks, device: str = "cpu", timeout_s: float = 3600) -> Iterator[None]:
     """Join the job's process group for the block (nothing to do for one process).
 
-    NCCL when this rank works on a GPU, gloo otherwise. ``timeout_s`` bounds how long a barrier waits for the
+    NCCL when every rank on a node has a GPU of its own, gloo otherwise (on CPUs, or ranks sharing a GPU, which
+    NCCL refuses; the group carries only small objects, so gloo costs nothing there). ``timeout_s`` bounds how long a barrier waits for the
     slowest rank (a long shard of big slides), so keep it above one rank's share of the work.
     """
     if ranks.world_size == 1 or dist.is_initialized():
@@ -81,7 +87,8 @@ def process_group(ranks: Ranks, device: str = "cpu", timeout_s: float = 3600) ->
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", rank=ranks.rank,
+    own_gpu = cuda and ranks.local_world_size <= torch.cuda.device_count()
+    dist.init_process_group("nccl" if own_gpu else "gloo", init_method="env://", rank=ranks.rank,
                             world_size=ranks.world_size, timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield
