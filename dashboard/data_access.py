@@ -67,7 +67,7 @@ class Project:
     @property
     def tracking_uri(self) -> str:
         """``$MLFLOW_TRACKING_URI``, else the project's embedded store (as training and serving resolve it)."""
-        return tracking_uri(self.root)
+        return tracking_uri(self.root, self.get("train.tracking_uri"))
 
     @property
     def classes(self) -> list[str]:

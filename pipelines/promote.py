@@ -28,7 +28,7 @@ def main() -> int:
                            summary["parent_run_id"]))
     candidates.sort(reverse=True)
     value, _, name, run_id = candidates[0]
-    setup_tracking(ROOT, p["train"]["experiment"])
+    setup_tracking(ROOT, p["train"]["experiment"], p["train"].get("tracking_uri"))
     if not run_exists(run_id):
         log.error("the tracking store has no run %s (the %s training run): it was made by an earlier `train` that "
                   "DVC restored from its run cache, so the MLflow store was deleted or moved since. Re-run training "
