@@ -64,7 +64,7 @@ ATTENTION_MODELS = ("clam_sb", "clam_mb", "abmil")
 #: CLAM defaults (methods.md section A) for a binary task: no subtyping terms
 CLAM_CONFIG = {"size": "small", "dropout": 0.25, "k_sample": 8, "inst_loss": "svm", "subtyping": False,
                "bag_weight": 0.7}
-#: GlaS images are almost all tissue; CLAM's a_t = a_h = 1 (512 x 512 level-0 px) would drop whole images
+#: GlaS images are almost all tissue; slidemil's default a_t = a_h = 1 (CLAM's: 100 / 16) (512 x 512 level-0 px) would drop whole images
 TISSUE = {"a_t": 0.01, "a_h": 0.01}
 
 log = logging.getLogger("glas")

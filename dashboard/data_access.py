@@ -67,7 +67,7 @@ class Project:
     @property
     def tracking_uri(self) -> str:
         """``$MLFLOW_TRACKING_URI``, else the project's embedded store (as training and serving resolve it)."""
-        return tracking_uri(self.root)
+        return tracking_uri(self.root, self.get("train.tracking_uri"))
 
     @property
     def classes(self) -> list[str]:
@@ -306,6 +306,14 @@ def viewer_server(project: Project):
 
 def qc_images(project: Project) -> dict[str, Path]:
     folder = project.path("tile.qc_dir")
+    return {p.stem: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
+
+
+def stain_qc_images(project: Project) -> dict[str, Path]:
+    """The `stains` stage's QC panels (RGB | H | E), ``<stains.out_dir>/qc/<slide>.png``."""
+    if project.get("stains.out_dir") is None:
+        return {}
+    folder = project.path("stains.out_dir") / "qc"
     return {p.stem: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
 
 

@@ -10,7 +10,7 @@ import json
 import sys
 
 from pipelines.common import ROOT, load_params, project_path, setup_logging
-from slidemil.registry import register_and_promote
+from slidemil.registry import register_and_promote, run_exists
 from slidemil.tracking import setup_tracking
 from slidemil.utils.atomic import write_json_atomic
 
@@ -28,7 +28,12 @@ def main() -> int:
                            summary["parent_run_id"]))
     candidates.sort(reverse=True)
     value, _, name, run_id = candidates[0]
-    setup_tracking(ROOT, p["train"]["experiment"])
+    setup_tracking(ROOT, p["train"]["experiment"], p["train"].get("tracking_uri"))
+    if not run_exists(run_id):
+        log.error("the tracking store has no run %s (the %s training run): it was made by an earlier `train` that "
+                  "DVC restored from its run cache, so the MLflow store was deleted or moved since. Re-run training "
+                  "into this store: `dvc repro --force train` (or `dvc repro --no-run-cache`)", run_id, name)
+        return 1
     result = register_and_promote(f"runs:/{run_id}/model", pr["model_name"], f"val_{pr['metric']}_mean", value,
                                   run_id=run_id, description=f"{name}, selected on validation {pr['metric']}")
     out = {**result.to_dict(), "family": name, "run_id": run_id,

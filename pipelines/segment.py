@@ -15,7 +15,6 @@ import time
 from pipelines.common import load_params, project_path, setup_logging
 from slidemil.data.manifest import read_manifest
 from slidemil.segmenters.base import SlideInput
-from slidemil.segmenters.frames import contour_boxes
 from slidemil.segmenters.layer import KIND, segments_resume_key, write_segments
 from slidemil.segmenters.overlay import save_png, segment_overlay
 from slidemil.segmenters.registry import build_segmenter
@@ -47,11 +46,11 @@ def main() -> int:
             skipped += 1
             continue
         tissue = tissue_dir / f"{sid}.geojson"
-        boxes = contour_boxes(json.loads(tissue.read_text())) if tissue.is_file() else []
+        contours = json.loads(tissue.read_text()) if tissue.is_file() else None
         with open_slide(tiles.slide_path, slide_id=sid, mpp=tiles.geometry.slide_mpp) as reader:
-            slide = SlideInput(sid, tiles.coords, float(tiles.geometry.level0_px), reader.dimensions, boxes,
-                               reader=reader,
-                               features=store.features(sid).features if segmenter.needs_features else None)
+            slide = SlideInput.from_tissue(
+                sid, tiles.coords, tiles.geometry.level0_px, contours, reader,
+                features=store.features(sid).features if segmenter.needs_features else None)
             segments, _ = segmenter.segment(slide)
             thumb, ds = reader.thumbnail(int(s["qc_max_side"]))
         write_segments(out, segments, segmenter=segmenter.id, tiles_digest=digest, resume_key=key)

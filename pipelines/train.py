@@ -46,7 +46,7 @@ def main() -> int:
     if global_rank() == 0:
         with atomic_path(project_path(t["splits_out"])) as tmp:
             splits.to_csv(tmp, index=False)
-    guard_runs(setup_tracking(ROOT, t["experiment"]))  # runs of killed stages end FAILED/KILLED
+    guard_runs(setup_tracking(ROOT, t["experiment"], t.get("tracking_uri")))  # runs of killed stages end FAILED/KILLED
     data_version = {"features_md5": dvc_out_hash(ROOT, "features") or "unknown",
                     "tiles_md5": dvc_out_hash(ROOT, "tile") or "unknown"}
     results = {}

@@ -31,7 +31,7 @@ def main() -> int:
                                        trainer={k: tuple(v) for k, v in space.get("trainer", {}).items()},
                                        fields=dict(space.get("fields") or {})))
     base_train = TrainConfig.from_dict({**tr["trainer"], **t["trainer"]})
-    guard_runs(setup_tracking(ROOT, tr["experiment"]))  # runs of killed stages end FAILED/KILLED
+    guard_runs(setup_tracking(ROOT, tr["experiment"], tr.get("tracking_uri")))  # runs of killed stages end FAILED/KILLED
     study = run_tuning(inputs.slides, splits, cfg, dict(tr["methods"]), base_train, inputs.classes,
                        inputs.source, inputs.feature_dims)
     best = export_best(study, project_path(t["best_params"]))

@@ -100,3 +100,30 @@ def test_methods_command_lists_the_registry(capsys):
     by_name = {r["name"]: r for r in rows}
     assert "k_sample" in by_name["clam_sb"]["config"] and "k_sample" not in by_name["abmil"]["config"]
     assert by_name["mean_pool"]["monitor"] == "val_loss (min)"
+
+
+def test_checkpoint_encoder_travels_with_the_bundle(tmp_path):
+    """A pipeline-trained encoder (a checkpoint path) is copied into the bundle, so the bundle rebuilds the
+    identical encoder after the original file is gone (another machine, an MLflow download)."""
+    from slidemil.encoders.registry import build_encoder
+
+    start = build_encoder("resnet18", "random", seed=3)
+    ckpt = tmp_path / "pretrain" / "encoder.pt"
+    ckpt.parent.mkdir()
+    torch.save(start.backbone.state_dict(), ckpt)
+    enc = build_encoder("resnet18", str(ckpt))
+    bundle = _bundle(config={"in_dim": 512, "n_classes": 2},
+                     encoder={"name": "resnet18", "weights": str(ckpt), "weights_id": enc.weights_id,
+                              "feature_dim": 512})
+    folder = bundle.save(tmp_path / "b")
+    meta = json.loads((folder / "bundle.json").read_text())
+    rel = meta["components"]["encoders"]["tiles"]["weights"]
+    assert rel.startswith("encoders/") and (folder / rel).is_file()
+    ckpt.unlink()
+    loaded = ModelBundle.load(folder)
+    rebuilt = build_encoder("resnet18", loaded.encoder.weights)
+    assert rebuilt.weights_id == enc.weights_id
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(rebuilt(x), start(x))
+    assert json.loads((loaded.save(tmp_path / "again") / "bundle.json").read_text())[
+        "components"]["encoders"]["tiles"]["weights"] == rel  # saving a loaded bundle ships it again

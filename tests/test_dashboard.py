@@ -811,8 +811,10 @@ def test_project_paths_follow_params_and_env(tmp_path, monkeypatch):
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "heatmaps": {"model": "abmil", "out_dir": "out/hm"}, "tile": {"qc_dir": "/abs/qc"},
-        "promote": {"model_name": "lung-subtypes"}, "data": {"classes": ["a", "b"]}}))
+        "promote": {"model_name": "lung-subtypes"}, "data": {"classes": ["a", "b"]},
+        "train": {"tracking_uri": "http://team-mlflow:5000"}}))
     p = da.get_project()
+    assert p.tracking_uri == "http://team-mlflow:5000"  # the stages' store (train.tracking_uri)
     assert p.params_found and p.heatmap_model == "abmil" and p.classes == ["a", "b"]
     assert p.path("heatmaps.out_dir") == tmp_path / "out" / "hm"
     assert p.path("tile.qc_dir") == Path("/abs/qc")

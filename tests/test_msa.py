@@ -180,3 +180,62 @@ def test_one_sgd_step_lowers_the_loss_on_a_fixed_bag_set():
         loss.backward()
         opt.step()
     assert float(method.training_loss(model, bags)[0].detach()) < first
+
+
+def test_ablation_fusions_concat_and_parent_only():
+    """``concat``: the token is [parent, mean of its present children] (parent 0's two dropped children do
+    not count); ``parent``: the parent alone - children never change the output; neither has an MSA block
+    nor a fine-scale map."""
+    slide = grid_slide()
+    children = torch.from_numpy(slide.tile_sets["parents"].children)
+    parents = torch.from_numpy(slide.features["parents"])
+    tiles = torch.from_numpy(slide.features["tiles"])
+    concat = MSAModel(small_config(fusion="concat")).eval()
+    token, attn = concat.attend(parents, tiles, children)
+    kept = [i for i in range(16) if i not in (3, 7)]
+    torch.testing.assert_close(token[0], torch.cat([parents[0], tiles[kept].mean(0)]))
+    torch.testing.assert_close(token[2], torch.cat([parents[2], tiles[32:48].mean(0)]))
+    assert not hasattr(concat, "msa") and float(attn.abs().sum()) == 0.0
+
+    alone = MSAModel(small_config(fusion="parent")).eval()
+    rows = torch.tensor([[0, 1, 2, 3], [4, 0, 1, 2]])
+    shuffled = tiles[torch.randperm(len(tiles))]
+    torch.testing.assert_close(alone(parents, tiles, children, rows).logits,
+                               alone(parents, shuffled, children, rows).logits)
+    layers = get_method("msa")(small_config(fusion="parent")).explain(alone, grid_slide(), 1, ["a", "b", "c"])
+    assert [la.name for la in layers] == ["parent_contribution"]
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        small_config(fusion="sum")
+
+
+@pytest.mark.slow
+def test_served_msa_bundle_returns_the_fine_scale_heatmap(tmp_path):
+    """A new slide through the serving path (tiling with parents, both tile sets encoded, the MSA model): the
+    painted layer is the child attention on ``tiles`` (the paper's Fig. 4 map), the parent contributions ride
+    along, and the PNG is a real image."""
+    import io
+
+    from PIL import Image
+
+    from slidemil.bundle import ModelBundle
+    from slidemil.demo.dataset import SyntheticSlideSpec, generate_slide
+    from slidemil.inference import SlidePredictor
+
+    slide = generate_slide(SyntheticSlideSpec("msa_slide", "c1", "subtype_a", 2400, 2000, 0.5, seed=3,
+                                              tumour_fraction=0.2, tissue_coverage=0.7, n_tissue_pieces=1),
+                           tmp_path)["slide"]
+    torch.manual_seed(0)
+    cfg = {"in_dim": 512, "parent_dim": 512, "n_classes": 2, "n_bags": 4, "bag_size": 4, "d_model": 64}
+    bundle = ModelBundle.create("msa", cfg, ["a", "b"], {"name": "resnet18", "weights": "random",
+                                                         "feature_dim": 512},
+                                {"tile_px": 224, "target_mpp": 1.0, "multiscale_factor": 2},
+                                tile_sets=("tiles", "parents"), heatmap={"canvas_max_side": 512})
+    out = SlidePredictor(bundle, batch_size=16).predict(slide, top_k=2)
+    layers = {la.name: la for la in out.scored.layers}
+    assert out.scored.primary.name == "child_attention" and out.scored.primary.tile_set == "tiles"
+    assert layers["parent_contribution"].tile_set == "parents"
+    child = layers["child_attention"].values
+    assert len(child) == out.n_tiles and child.max() > 0 and np.isfinite(child).all()
+    assert sum(out.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    image = Image.open(io.BytesIO(out.heatmap_png))
+    assert max(image.size) >= 256 and len(out.top_tiles) == 2

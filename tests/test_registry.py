@@ -55,3 +55,26 @@ def test_better_becomes_champion_worse_only_challenger(store):
 def test_missing_alias_is_a_clear_error(store):
     with pytest.raises(LookupError, match="no version with alias"):
         load_bundle("nothing-registered")
+
+
+def test_promote_stage_names_a_run_missing_from_the_store(tmp_path, monkeypatch, caplog):
+    """DVC's run cache can restore `train` outputs whose runs live in a deleted mlflow.db: promote stops with
+    the cause and the command that fixes it instead of MLflow's bare "Run not found"."""
+    import json
+
+    import yaml
+
+    from pipelines import promote
+
+    train = tmp_path / "train" / "abmil"
+    train.mkdir(parents=True)
+    (train / "summary.json").write_text(json.dumps(
+        {"summary": {"val": {"auc": {"mean": 0.9}}}, "parent_run_id": "0123456789abcdef0123456789abcdef"}))
+    params = {"train": {"out_dir": str(tmp_path / "train"), "models": ["abmil"], "experiment": "t"},
+              "promote": {"metric": "auc", "model_name": "m", "out": str(tmp_path / "promotion.json")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("SLIDEMIL_PARAMS", str(tmp_path / "params.yaml"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert promote.main() == 1
+    assert "dvc repro --force train" in caplog.text and "0123456789abcdef" in caplog.text
+    assert not (tmp_path / "promotion.json").exists()

@@ -139,7 +139,7 @@ def test_objective_is_ce_plus_weighted_pseudo_bag_and_consistency():
     method.fit_data_statistics(model, [slide])
     bags = method.bags(slide, training=True, rng=np.random.default_rng(1))
     loss, parts = method.training_loss(model, bags)
-    assert float(loss) == pytest.approx(parts["ce"] + 0.5 * parts["pb_loss"] + 1000 * parts["cons_loss"], rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(parts["ce"] + 0.5 * parts["pb_loss"] + 1000 * parts["cons_loss"], rel=1e-5)
     main = bags[0]
     logits, _ = model(main.tokens["tiles"][main.masks["tiles"]], main.tokens["groups"])
     ce = torch.nn.functional.cross_entropy(logits[None], torch.tensor([1]))
@@ -172,3 +172,52 @@ def test_params_section_is_the_papers_defaults():
     resolved = get_method("sam_mil").resolve_config(section, n_classes=3, feature_dims={"tiles": 512})
     assert resolved == {**SamMILConfig().to_dict(), "n_classes": 3, "in_dim": 512}
     assert "sam_mil" not in yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["models"]
+
+
+def test_serving_segments_a_new_slide_like_the_segment_stage(slides_dir):
+    """A sam_mil bundle served on a slide it never saw: the predictor segments the slide with the bundle's
+    segmenter and settings (the same ``SlideInput.from_tissue`` + ``segment`` the stage runs), so its answer
+    equals scoring those tiles with the stage's segments - and differs from scoring without regions."""
+    from slidemil.bundle import ModelBundle
+    from slidemil.features.extract import TileDataset, encode_tiles
+    from slidemil.inference import SlidePredictor
+    from slidemil.methods import SlideData, TileSetView
+    from slidemil.scoring import BundleScorer
+    from slidemil.segmenters.base import SlideInput
+    from slidemil.segmenters.registry import build_segmenter
+    from slidemil.slides import open_slide
+    from slidemil.slides.tiling import TilingParams, tile_slide
+    from slidemil.slides.tissue import TissueParams
+    from slidemil.slides.tissue_qc import contours_to_geojson
+
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    torch.manual_seed(0)
+    tiling = {"tile_px": 224, "target_mpp": 1.0}
+    bundle = ModelBundle.create("sam_mil", {"in_dim": 512, "n_classes": 2}, ["a", "b"],
+                                {"name": "resnet18", "weights": "random", "feature_dim": 512}, tiling)
+    with pytest.raises(ValueError, match="records no segmenter"):
+        SlidePredictor(bundle)
+    settings = {"n_clusters": 4, "seed": 0, "max_side": 512}
+    bundle.spec.components.segmenter = {"id": "kmeans", "settings": settings}
+    predictor = SlidePredictor(bundle, batch_size=16)
+    served = predictor.predict(slide, heatmap=False)
+    assert served.timings["segments"] > 0
+
+    with open_slide(slide) as reader:
+        seg, (tiles, *_) = tile_slide(reader, TilingParams.from_dict(tiling), TissueParams())
+        feats = encode_tiles(TileDataset(reader.path, reader.mpp, tiles.coords, tiles.geometry,
+                                         reader_factory=lambda p, m: reader),
+                             predictor.encoders["tiles"], batch_size=16, num_workers=0)
+        segments, _ = build_segmenter("kmeans", {"kmeans": settings}).segment(SlideInput.from_tissue(
+            reader.slide_id, tiles.coords, tiles.geometry.level0_px, contours_to_geojson(seg, reader.slide_id),
+            reader, feats))
+    assert segments.n_segments >= 2
+    view = {"tiles": TileSetView(tiles.coords, tiles.geometry.level0_px)}
+    scorer = BundleScorer(bundle)
+    staged = scorer.score(SlideData(reader.slide_id, None, view, {"tiles": feats}, {"segments": segments}),
+                          explain=False)
+    assert served.scored.probabilities == pytest.approx(staged.probabilities, abs=1e-5)
+    no_regions = from_groups(len(tiles.coords), [], [], 1.0)
+    alone = scorer.score(SlideData(reader.slide_id, None, view, {"tiles": feats}, {"segments": no_regions}),
+                         explain=False)
+    assert max(abs(alone.probabilities[c] - staged.probabilities[c]) for c in ("a", "b")) > 1e-4

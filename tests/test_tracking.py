@@ -142,3 +142,14 @@ def test_sigterm_ends_the_runs_killed(tmp_path):
     assert child.returncode == -signal.SIGTERM, child.stderr.read()
     statuses = sorted(r.info.status for r in MlflowClient().search_runs([exp]))
     assert statuses == ["KILLED", "KILLED"]
+
+
+def test_configured_tracking_uri_is_used_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
+    """params.yaml ``train.tracking_uri`` (a server or a database) replaces the project's sqlite store;
+    ``MLFLOW_TRACKING_URI`` still wins."""
+    team = f"sqlite:///{tmp_path / 'team.db'}"
+    setup_tracking(tmp_path, "exp", team)
+    assert mlflow.get_tracking_uri() == team and not (tmp_path / "mlflow.db").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
+    setup_tracking(tmp_path, "exp", team)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'env.db'}"

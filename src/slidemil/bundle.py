@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -118,12 +119,15 @@ class ModelBundle:
 
     @classmethod
     def create(cls, method: str, method_config: dict[str, Any], class_names: list[str], encoder: dict[str, Any],
-               tiling: dict[str, Any], *, state_dict: dict | None = None, **spec_fields: Any) -> ModelBundle:
-        """A ``tiles``-only bundle from its parts; without ``state_dict`` the method's freshly initialised
-        model (seed torch first) - for tests, demos and serving benchmarks."""
+               tiling: dict[str, Any], *, state_dict: dict | None = None, tile_sets: Sequence[str] = ("tiles",),
+               **spec_fields: Any) -> ModelBundle:
+        """A bundle from its parts, ``encoder`` encoding every tile set in ``tile_sets`` (multi-scale methods:
+        ``("tiles", "parents")``); without ``state_dict`` the method's freshly initialised model (seed torch
+        first) - for tests, demos and serving benchmarks."""
+        encoders = {name: EncoderComponent(**encoder) for name in tile_sets}
         spec = BundleSpec(method=method, method_config=method_config, class_names=class_names,
-                          components=Components(encoders={"tiles": EncoderComponent(**encoder)}),
-                          tile_sets=["tiles"], tiling=tiling, **spec_fields)
+                          components=Components(encoders=encoders), tile_sets=list(tile_sets), tiling=tiling,
+                          **spec_fields)
         if state_dict is None:
             from slidemil.methods import get_method
 
@@ -138,7 +142,9 @@ class ModelBundle:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            text = json.dumps(to_jsonable(spec.model_dump()), indent=2, sort_keys=True) + "\n"
+            meta = spec.model_dump()
+            _ship_checkpoints(meta, tmp)
+            text = json.dumps(to_jsonable(meta), indent=2, sort_keys=True) + "\n"
             (tmp / "bundle.json").write_text(text)
             torch.save(self.state_dict, tmp / "weights.pt")
             if folder.exists():
@@ -167,6 +173,10 @@ class ModelBundle:
                 "(`dvc repro train`)")
         if fmt != BUNDLE_FORMAT:
             raise BundleError(f"{folder}: unsupported bundle format {fmt!r} (this slidemil reads {BUNDLE_FORMAT})")
+        for enc in meta.get("components", {}).get("encoders", {}).values():
+            shipped = folder / str(enc.get("weights", ""))
+            if str(enc.get("weights", "")).startswith(f"{SHIPPED_DIR}/") and shipped.is_file():
+                enc["weights"] = str(shipped.resolve())  # a checkpoint that travels with the bundle
         try:
             spec = BundleSpec.model_validate(meta)
         except ValidationError as exc:
@@ -183,6 +193,25 @@ class ModelBundle:
         model = method.build_model()
         model.load_state_dict(self.state_dict)
         return method, model.eval()
+
+
+#: bundle sub-folder holding the encoder checkpoints a bundle needs (a pipeline-trained encoder must reach serving)
+SHIPPED_DIR = "encoders"
+
+
+def _ship_checkpoints(meta: dict[str, Any], folder: Path) -> None:
+    """Copy each checkpoint encoder's file into ``folder/encoders/`` and point ``weights`` at it (relative), so a
+    bundle logged to MLflow and served elsewhere carries the encoder its features came from."""
+    for enc in meta["components"]["encoders"].values():
+        weights = str(enc.get("weights", ""))
+        if weights.split(":")[0] in ("random", "imagenet") or not Path(weights).is_file():
+            continue
+        ident = str(enc.get("weights_id") or "").removeprefix("checkpoint:") or Path(weights).stem
+        rel = f"{SHIPPED_DIR}/{ident}{Path(weights).suffix or '.pt'}"
+        (folder / SHIPPED_DIR).mkdir(exist_ok=True)
+        if not (folder / rel).exists():
+            shutil.copyfile(weights, folder / rel)
+        enc["weights"] = rel
 
 
 def upgrade_format1(folder: str | Path, out: str | Path | None = None) -> Path:

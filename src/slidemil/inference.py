@@ -92,11 +92,28 @@ class SlidePredictor:
                                  f"built {built[key].weights_id}")
             self.encoders[tile_set] = built[key]
         self.scorer = BundleScorer(bundle)
+        self.segmenter = self._segmenter(bundle)
         fold = bundle.metadata.get("fold")
         #: what the heatmap legend names as the model; callers that know more (a registry version) overwrite it
         self.model_label = bundle.spec.method + ("" if fold is None else f" fold {fold}")
         self.device = device
         self.batch_size = batch_size
+
+    @staticmethod
+    def _segmenter(bundle: ModelBundle):
+        """The bundle's segmenter when its method reads the ``segments`` layer: a new slide is segmented by the
+        same segmenter and settings as the segment stage used for training (methods.md section D)."""
+        from slidemil.methods import get_method
+        from slidemil.segmenters.registry import build_segmenter
+
+        if not any(spec.kind == "segments" for spec in get_method(bundle.spec.method).required_layers):
+            return None
+        seg = bundle.spec.components.segmenter
+        if not seg or "id" not in seg:
+            raise ValueError(f"the {bundle.spec.method} bundle reads tissue segments but records no segmenter "
+                             f"(components.segmenter); re-export it from a pipeline run")
+        kind = str(seg["id"]).partition(":")[0]
+        return build_segmenter(str(seg["id"]), {kind: dict(seg.get("settings", {}))})
 
     @property
     def model(self):
@@ -107,6 +124,7 @@ class SlidePredictor:
         from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer
         from slidemil.evaluation.tile_geojson import tiles_to_geojson
         from slidemil.features.extract import TileDataset, encode_tiles
+        from slidemil.segmenters.base import SlideInput
         from slidemil.slides.backends import open_slide
         from slidemil.slides.masks import rasterize_polygons
         from slidemil.slides.tiling import TilingParams, tile_slide
@@ -138,8 +156,15 @@ class SlidePredictor:
                     feats[name] = encode_tiles(dataset, self.encoders[name], batch_size=self.batch_size,
                                                num_workers=0, device=self.device)
             timings["features"] = time.perf_counter() - t1
+            layers = {}
+            if self.segmenter is not None:
+                t_seg = time.perf_counter()
+                needs = feats["tiles"] if self.segmenter.needs_features else None
+                layers["segments"], _ = self.segmenter.segment(SlideInput.from_tissue(
+                    sid, tiles.coords, tiles.geometry.level0_px, contours_to_geojson(seg, sid), reader, needs))
+                timings["segments"] = time.perf_counter() - t_seg
             t2 = time.perf_counter()
-            scored = self.scorer.score(SlideData(sid, None, views, feats), explain=heatmap)
+            scored = self.scorer.score(SlideData(sid, None, views, feats, layers), explain=heatmap)
             timings["model"] = time.perf_counter() - t2
             t3 = time.perf_counter()
             out = SlidePrediction(sid, scored, tiles.geometry.level0_px)

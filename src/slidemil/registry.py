@@ -49,6 +49,18 @@ def champion_version(model_name: str, alias: str = CHAMPION):
         return None
 
 
+def run_exists(run_id: str) -> bool:
+    """Whether the current tracking store holds ``run_id`` (DVC's run cache can restore a stage's outputs
+    that name runs of a store that no longer exists)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def register_and_promote(
     model_uri: str,
     model_name: str,

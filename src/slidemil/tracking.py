@@ -45,8 +45,9 @@ def default_tracking_uri(project_root: str | Path) -> str:
 _SET_BY_US: set[str] = set()
 
 
-def tracking_uri(project_root: str | Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when the user set it, else the project's embedded sqlite store.
+def tracking_uri(project_root: str | Path, configured: str | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` when the user set it, else ``configured`` (params.yaml ``train.tracking_uri``: a
+    server ``http://host:5000`` or a database ``postgresql://...``), else the project's embedded sqlite store.
 
     ``mlflow.set_tracking_uri`` writes the variable too, so a value this module put there is not mistaken for
     the user's choice when another project root is set up later in the same process.
@@ -54,14 +55,15 @@ def tracking_uri(project_root: str | Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env and env not in _SET_BY_US:
         return env
-    return default_tracking_uri(project_root)
+    return configured or default_tracking_uri(project_root)
 
 
-def setup_tracking(project_root: str | Path, experiment: str) -> str:
-    """Point MLflow at the store (env var wins) and return the experiment id, creating it if needed."""
+def setup_tracking(project_root: str | Path, experiment: str, uri: str | None = None) -> str:
+    """Point MLflow at the store (env var, then ``uri``, then sqlite) and return the experiment id, creating
+    it if needed."""
     import mlflow
 
-    uri = tracking_uri(project_root)
+    uri = tracking_uri(project_root, uri)
     if uri == default_tracking_uri(project_root):
         ensure_sqlite_store(Path(project_root).resolve() / "mlflow.db")
     _SET_BY_US.add(uri)
@@ -73,7 +75,13 @@ def setup_tracking(project_root: str | Path, experiment: str) -> str:
     location = None
     if uri.startswith("sqlite:"):  # keep artifacts beside the db, not in whatever the working directory is
         location = (Path(project_root).resolve() / "mlruns").as_uri()
-    exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+    try:
+        exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException as exc:  # workers on several machines start together: one wins
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or exp is None:
+            raise
+        exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

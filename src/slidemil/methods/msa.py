@@ -146,13 +146,16 @@ class MSAMethod(Method):
         child = child_attention_map(attn.mean(1).cpu().numpy(), children.numpy(), len(slide.tile_sets["tiles"]))
         contrib = self._parent_contributions(model, parents, tiles, children, class_index)
         name = class_names[class_index]
+        parent_layer = ScoreLayer("parent_contribution", "parents", contrib, "contribution", name,
+                                  "gradient x input of each parent's fused vector on this class's logit, mean "
+                                  "over bags that cover every parent")
+        if self.config.fusion != "msa":  # ablation variants attend to nothing: no fine-scale map
+            return [parent_layer]
         return [
             ScoreLayer("child_attention", "tiles", child, "attention", name,
                        "MSA attention of each child within its parent (mean over heads; every parent scored "
                        "once); 0 for tiles that belong to no parent"),
-            ScoreLayer("parent_contribution", "parents", contrib, "contribution", name,
-                       "gradient x input of each parent's MSA vector on this class's logit, mean over bags "
-                       "that cover every parent"),
+            parent_layer,
         ]
 
     def _parent_contributions(self, model: MSAModel, parents: Tensor, tiles: Tensor, children: Tensor,

@@ -36,6 +36,9 @@ from slidemil.models.base import init_linear_weights
 from slidemil.models.config import _check_float, _check_int
 from slidemil.utils.config import StrictConfig
 
+#: ways a parent token takes in its children (the ablation of methods.md section B)
+FUSIONS = ("msa", "concat", "parent")
+
 
 @dataclass(frozen=True)
 class MSAConfig(StrictConfig):
@@ -55,6 +58,9 @@ class MSAConfig(StrictConfig):
         dropout: dropout after each predictor layer; the paper uses none (0.0).
         momentum: SGD momentum; the paper names SGD without momentum (0.0).
         inference_seed: seeds the fixed set of inference bags, so a slide's prediction is reproducible.
+        fusion: how a parent token takes in its children: ``msa`` (the MSA block, the method), ``concat`` (the
+            parent feature concatenated with its present children's mean feature: the ablation's
+            "multi-scale without MSA") or ``parent`` (the parent feature alone: single scale).
     """
 
     in_dim: int = 1024
@@ -69,9 +75,12 @@ class MSAConfig(StrictConfig):
     dropout: float = 0.0
     momentum: float = 0.0
     inference_seed: int = 0
+    fusion: str = "msa"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"{name}: fusion must be one of {FUSIONS}, got {self.fusion!r}")
         for key in ("in_dim", "parent_dim", "n_bags", "bag_size", "d_model", "heads", "hidden_dim"):
             _check_int(name, key, getattr(self, key), minimum=1)
         _check_int(name, "n_classes", self.n_classes, minimum=2)
@@ -151,9 +160,11 @@ class MSAModel(nn.Module):
         for name, dim in (("tile", c.in_dim), ("parent", c.parent_dim)):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
-        self.msa = MultiScaleAttention(c.parent_dim, c.in_dim, c.d_model, c.heads, c.d_k)
+        if c.fusion == "msa":
+            self.msa = MultiScaleAttention(c.parent_dim, c.in_dim, c.d_model, c.heads, c.d_k)
+        token_dim = c.parent_dim + (c.in_dim if c.fusion == "concat" else 0)
         self.predictor = nn.Sequential(
-            nn.Linear(c.bag_size * c.parent_dim, c.hidden_dim), nn.ReLU(), nn.Dropout(c.dropout),
+            nn.Linear(c.bag_size * token_dim, c.hidden_dim), nn.ReLU(), nn.Dropout(c.dropout),
             nn.Linear(c.hidden_dim, c.hidden_dim), nn.ReLU(), nn.Dropout(c.dropout),
             nn.Linear(c.hidden_dim, c.n_classes),
         )
@@ -166,11 +177,20 @@ class MSAModel(nn.Module):
             getattr(self, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
 
     def attend(self, parents: Tensor, tiles: Tensor, children: Tensor) -> tuple[Tensor, Tensor]:
-        """Standardise both scales and run the MSA block on each distinct parent once."""
+        """Standardise both scales and fuse each distinct parent with its children once (the MSA block; the
+        ablation's fusions return all-zero attention)."""
         dtype = self.tile_mean.dtype
         p = (parents.to(dtype) - self.parent_mean) / self.parent_std
         t = (tiles.to(dtype) - self.tile_mean) / self.tile_std
-        return self.msa(p, t, children)
+        if self.config.fusion == "msa":
+            return self.msa(p, t, children)
+        attn = p.new_zeros(children.shape[0], self.config.heads, children.shape[1])
+        if self.config.fusion == "parent":
+            return p, attn
+        present = (children >= 0).to(dtype)
+        kids = t[children.clamp_min(0)] * present[..., None]
+        mean = kids.sum(1) / present.sum(1, keepdim=True).clamp_min(1.0)  # no children left: zeros
+        return torch.cat([p, mean], dim=1), attn
 
     def classify(self, updated: Tensor, bag_rows: Tensor) -> Tensor:
         """``bag_rows`` [n_bags, bag_size] rows of ``updated`` -> logits [n_bags, C]."""

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from slidemil.segmenters.frames import contour_frames
+from slidemil.segmenters.frames import contour_boxes, contour_frames
 from slidemil.segmenters.segments import Frame, SegmentMask, Segments, masks_to_segments
 from slidemil.slides.reader import SlideReader
 
@@ -32,6 +32,15 @@ class SlideInput:
     boxes: list[tuple[int, int, int, int]]
     reader: SlideReader | None = None
     features: np.ndarray | None = None
+
+    @classmethod
+    def from_tissue(cls, slide_id: str, coords: np.ndarray, tile_level0_px: float, tissue_geojson: dict | None,
+                    reader: SlideReader, features: np.ndarray | None = None) -> SlideInput:
+        """The input the segment stage and serving both build: frames from the tissue contours' boxes (no
+        contours: no frames, every tile unsegmented)."""
+        boxes = contour_boxes(tissue_geojson) if tissue_geojson else []
+        return cls(slide_id, np.asarray(coords), float(tile_level0_px), reader.dimensions, boxes, reader=reader,
+                   features=features)
 
 
 class Segmenter:

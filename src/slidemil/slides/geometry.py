@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 # Levels whose mpp is within this relative tolerance of the target count as "exact" (scanners report
-# e.g. 0.2527 um/px for "40x"; a 1% slack avoids reading level 0 when level 1 is 0.5054 for 0.5 target).
+# e.g. 0.2527 um/px for "40x"; a 2% slack avoids reading level 0 when level 1 is 0.5054 for 0.5 target).
 MPP_TOLERANCE = 0.02
 
 

@@ -121,6 +121,8 @@ def run_tuning(
 
     def objective(trial: optuna.Trial) -> float:
         name, overrides, train_over = suggest(trial, cfg.space)
+        trial.set_user_attr("worker", cfg.worker)  # who ran it, in a study several workers share
+        trial.set_user_attr("sampler_seed", cfg.seed + cfg.worker)
         method_cls = get_method(name)
         config = method_cls.resolve_config({**method_sections.get(name, {}), **overrides},
                                            n_classes=len(class_names), feature_dims=feature_dims)
