@@ -88,7 +88,8 @@ def test_canvas_stays_thumbnail_sized_for_huge_slide():
     canvas = score_canvas(coords, 512, to_percentiles(values), dims, ds)
     elapsed = time.perf_counter() - t0
     assert canvas.shape == (1536, 2048)
-    assert elapsed < 2.0, f"50k tiles took {elapsed:.2f} s"
+    # a guard against a per-tile full-canvas regression (minutes), not a benchmark: ~0.5 s on an idle core
+    assert elapsed < 15.0, f"50k tiles took {elapsed:.2f} s"
     # a render from a small thumbnail with a smaller canvas cap: canvas <= cap, overlay = thumbnail shape
     thumb = np.full((768, 1024, 3), 230, np.uint8)
     res = render_heatmap(thumb, dims[0] / 1024, coords, 512, values, HeatmapParams(canvas_max_side=256),
