@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,7 +177,8 @@ def run_tuning(
 
 def _log_pruned(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if trial.state == optuna.trial.TrialState.PRUNED:
-        log.info("trial %d pruned at epoch %s", trial.number, max(trial.intermediate_values, default=None))
+        log.info("trial %d pruned at step %s (an epoch when one fold scores a trial, a fold when several do)",
+                 trial.number, max(trial.intermediate_values, default=None))
 
 
 def _log_study(study: optuna.Study, run_id: str) -> None:
@@ -193,13 +195,15 @@ def _log_study(study: optuna.Study, run_id: str) -> None:
 
     from slidemil.evaluation.plots import save_figure
 
-    save_figure(ovm.plot_optimization_history(study).figure, "optimization_history.png")
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(completed) >= 2 and len({tuple(sorted(t.params)) for t in completed}) >= 1:
-        try:
-            save_figure(ovm.plot_param_importances(study).figure, "param_importances.png")
-        except (ValueError, RuntimeError) as exc:  # too few distinct trials for importances
-            log.warning("parameter importance not computed: %s", exc)
+    with warnings.catch_warnings():  # Optuna flags its matplotlib plots experimental on every call: noise
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        save_figure(ovm.plot_optimization_history(study).figure, "optimization_history.png")
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(completed) >= 2 and len({tuple(sorted(t.params)) for t in completed}) >= 1:
+            try:
+                save_figure(ovm.plot_param_importances(study).figure, "param_importances.png")
+            except (ValueError, RuntimeError) as exc:  # too few distinct trials for importances
+                log.warning("parameter importance not computed: %s", exc)
 
 
 def export_best(study: optuna.Study, path: str | Path) -> dict:
