@@ -17,7 +17,11 @@ $(BIN)/slidemil: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(BIN)/slidemil
 
-setup: $(BIN)/slidemil
+# `dvc plots show` offline: the page template with vega inline (.dvc/config plots.html_template)
+.dvc/tmp/plots_offline.html: $(BIN)/slidemil
+	$(BIN)/python -m slidemil.evaluation.offline_plots
+
+setup: $(BIN)/slidemil .dvc/tmp/plots_offline.html
 
 demo: setup
 	$(BIN)/dvc repro

@@ -28,6 +28,9 @@ def project_path(p: str | Path) -> Path:
 def setup_logging(stage: str) -> logging.Logger:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{stage}] %(levelname)s %(message)s",
                         stream=sys.stderr)
-    for noisy in ("great_expectations", "urllib3", "matplotlib", "PIL"):
+    # INFO chatter of libraries: Lightning's rank-zero notes ("GPU available: ...", "Tip: try litlogger"); the
+    # warnings these loggers carry still show
+    for noisy in ("great_expectations", "urllib3", "matplotlib", "PIL", "lightning.pytorch.utilities.rank_zero",
+                  "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger(stage)

@@ -24,7 +24,7 @@ from pipelines.training_inputs import training_inputs
 from slidemil.bundle import ModelBundle
 from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer, save_top_tiles
 from slidemil.evaluation.localisation import localisation_auroc, tile_tumour_fraction
-from slidemil.evaluation.tile_geojson import tiles_to_geojson
+from slidemil.evaluation.tile_geojson import scored_tiles_geojson
 from slidemil.scoring import BundleScorer, ScoredSlide
 from slidemil.slides.backends import open_slide
 from slidemil.slides.masks import rasterize_polygons
@@ -81,9 +81,7 @@ def main() -> int:
             write_png_atomic(out / "thumbnail.png", thumb)
             top = save_top_tiles(reader, view.coords, tiles.geometry, layer.values, h["top_k"], out / "top_tiles",
                                  r.slide_id)
-        write_geojson(out / "tiles.geojson", tiles_to_geojson(
-            view.coords, view.level0_px, {la.name: la.values for la in scored.layers if la.tile_set == layer.tile_set},
-            r.slide_id))
+        write_geojson(out / "tiles.geojson", scored_tiles_geojson(scored, layer.tile_set))
         for fam, sc in scored_by.items():
             record = {**sc.record(h["top_k"]), "fold": fold, "family": fam,
                       "true_label": manifest.at[r.slide_id, "label"], "slide_width": dims[0], "slide_height": dims[1],

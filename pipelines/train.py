@@ -57,7 +57,8 @@ def main() -> int:
         spec = CVSpec(method, config, TrainConfig.from_dict(trainer), inputs.classes, inputs.bundle_context,
                       extra_params={"data_version": data_version["features_md5"],
                                     "encoder_weights": inputs.feature_attrs.get("weights_id")},
-                      family=family)
+                      family=family, dataset_digest=data_version["features_md5"],
+                      dataset_source=str(project_path(p["features"]["out_dir"])))
         res = run_cross_validation(inputs.slides[["slide_id", "label"]], splits, spec, inputs.source,
                                    project_path(t["out_dir"]) / family)
         if res is None:  # a non-zero DDP rank: rank 0 reports and writes

@@ -115,8 +115,8 @@ class SlideMIL:
             with stashed_upload(slide, SLIDE_SUFFIXES, SETTINGS.max_upload_bytes, "slide") as (path, name):
                 try:
                     with self._lock:
-                        pred = self.predictor.predict(
-                            path, slide_id=name, mpp=mpp, top_k=top_k, heatmap=heatmap
+                        pred = self.predictor.predict(  # the pipeline's slide id: the file name's stem
+                            path, slide_id=Path(name).stem, mpp=mpp, top_k=top_k, heatmap=heatmap
                         )
                 except Exception as exc:
                     raise _slide_error(exc, name, private_name=path.name) from exc

@@ -189,6 +189,8 @@ def test_predict_svs(server, inputs):
     assert len(first) == 5 and first[0] == first[-1]
     corners = {tuple(f["geometry"]["coordinates"][0][0]) for f in gj["features"]}
     assert (tiles[0]["x"], tiles[0]["y"]) in corners
+    # the slide is named as the pipeline names it (the file name without its extension)
+    assert {f["properties"]["metadata"]["slide_id"] for f in gj["features"]} == {inputs["svs"].stem}
     assert out["model"]["version"] == "1"
 
 

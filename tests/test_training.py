@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
         class_names=CLASSES,
         bundle_context=bundle_context(),
         extra_params={"data_version": "test"},
+        dataset_digest="0123456789abcdef0123456789abcdef.dir",
     )
     result = run_cross_validation(slides, splits, spec, bag_source(slides), root / "out")
     return root, slides, result
@@ -46,7 +47,11 @@ def test_cv_learns_and_is_tracked(trained):
     client = mlflow.MlflowClient()
     parent = client.get_run(result.parent_run_id)
     assert parent.data.metrics["test_auc_mean"] == pytest.approx(result.summary["test"]["auc"]["mean"])
+    assert parent.data.metrics["test_auc"] == pytest.approx(result.summary["test"]["auc"]["mean"])
     assert "test_auc_std" in parent.data.metrics
+    figures = {"report/roc_test.png", "report/confusion_test.png", "report/predictions.csv"}
+    [dataset] = parent.inputs.dataset_inputs
+    assert dataset.dataset.digest == "0123456789abcdef0123456789abcdef.dir"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'"
     )
@@ -55,15 +60,15 @@ def test_cv_learns_and_is_tracked(trained):
         hist = client.get_metric_history(child.info.run_id, "train_loss")
         assert len(hist) >= 4  # per-epoch losses
         assert "test_auc" in child.data.metrics
-        names = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"bundle", "predictions.csv"} <= names
+        assert set(child.data.metrics) >= {"test_auc", "val_auc", "test_balanced_accuracy"}
+        assert {"bundle", "report"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert figures <= {a.path for a in client.list_artifacts(child.info.run_id, "report")}  # as the parent's
+        assert child.inputs.dataset_inputs[0].dataset.digest == dataset.dataset.digest
+        preds = mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/report/predictions.csv").splitlines()
+        assert {"label_name", "pred_name"} <= set(preds[0].split(","))
+        assert preds[1].split(",")[preds[0].split(",").index("label_name")] in CLASSES
     report = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
-    assert {
-        "report/roc_test.png",
-        "report/confusion_test.png",
-        "report/splits.csv",
-        "report/predictions.csv",
-    } <= report
+    assert figures | {"report/splits.csv"} <= report
     summary = json.loads((root / "out" / "summary.json").read_text())
     assert summary["selection"] == "lowest validation loss" and summary["method"] == "clam_sb"
 

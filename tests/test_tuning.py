@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -15,7 +16,7 @@ import yaml
 from slidemil.data.splits import SplitConfig, make_splits
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
-from slidemil.training.tuning import SearchSpace, TuneConfig, export_best, run_tuning
+from slidemil.training.tuning import SearchSpace, TuneConfig, export_best, objective_digest, run_tuning
 from tests.synthetic_bags import CLASSES, DIM, bag_source, feature_bags
 
 CLAM = {"size": "small", "dropout": 0.25, "k_sample": 4, "subtyping": False}
@@ -118,3 +119,29 @@ def test_one_worker_reproduces_its_trials(bags, monkeypatch):
                            CLASSES, bag_source(slides), DIMS)
         runs.append([(t.params, t.value) for t in study.trials])
     assert runs[0] == runs[1]
+
+
+def test_objective_is_the_mean_over_validation_folds_and_the_study_persists(bags, tmp_path, monkeypatch):
+    """A trial's value is the mean of every fold's validation metric; a second run on the same storage joins
+    the study and adds new trials (the sampler seed counts the trials already there)."""
+    _, slides, _ = bags
+    monkeypatch.delenv("SLIDEMIL_TUNE_WORKER", raising=False)
+    splits = make_splits(slides, SplitConfig(folds=2, val_frac=0.2, test_frac=0.2))
+    setup_tracking(tmp_path, "tune-folds")
+    cfg = TuneConfig(study_name="folds", storage=f"sqlite:///{tmp_path / 'optuna.db'}", n_trials=2,
+                     space=SearchSpace(methods=["abmil"]))
+    train = TrainConfig(max_epochs=2, min_epochs=1, patience=1)
+    study = run_tuning(slides, splits, cfg, SECTIONS, train, CLASSES, bag_source(slides), DIMS)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("tune-folds")
+    for trial in study.trials:
+        [run] = client.search_runs([exp.experiment_id], f"tags.`optuna.trial` = '{trial.number}'")
+        per_fold = [m.value for m in client.get_metric_history(run.info.run_id, "fold_val_loss")]
+        assert len(per_fold) == 2 and trial.value == pytest.approx(sum(per_fold) / 2)
+    again = run_tuning(slides, splits, replace(cfg, n_trials=1), SECTIONS, train, CLASSES, bag_source(slides), DIMS)
+    assert len(again.trials) == 3
+    assert again.trials[2].params not in [t.params for t in again.trials[:2]]
+    digest = objective_digest(cfg, SECTIONS, train, splits)
+    assert digest == objective_digest(cfg, SECTIONS, train, splits)
+    assert digest != objective_digest(replace(cfg, metric="val_auc"), SECTIONS, train, splits)
+    assert digest != objective_digest(cfg, SECTIONS, train, make_splits(slides, SplitConfig(folds=2, seed=1)))

@@ -41,20 +41,33 @@ def _predict(args: argparse.Namespace) -> int:
     _check_slide(args.slide, args.mpp)
     from slidemil.inference import SlidePredictor
     from slidemil.registry import load_bundle
-    from slidemil.tracking import setup_tracking
+    from slidemil.tracking import open_tracking
+    from slidemil.utils.atomic import atomic_path
     from slidemil.utils.geojson import write_geojson
 
-    setup_tracking(Path(args.project), args.experiment)
+    open_tracking(Path(args.project))  # read-only: predicting never creates a store or an experiment
+    _note(f"loading {args.model_name}@{args.alias}")
     bundle = load_bundle(args.model_name, args.alias)
-    pred = SlidePredictor(bundle).predict(args.slide, mpp=args.mpp, top_k=args.top_k)
+    _note(f"{Path(args.slide).name}: tissue, tiles, features, prediction")
+    pred = SlidePredictor(bundle).predict(args.slide, mpp=args.mpp, top_k=args.top_k, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    written = []
     if pred.heatmap_png:
-        (out / f"{pred.slide_id}_heatmap.png").write_bytes(pred.heatmap_png)
+        with atomic_path(out / f"{pred.slide_id}_heatmap.png") as tmp:
+            tmp.write_bytes(pred.heatmap_png)
+        written.append(out / f"{pred.slide_id}_heatmap.png")
     if pred.geojson:
-        write_geojson(out / f"{pred.slide_id}_tiles.geojson", pred.geojson)
+        written.append(write_geojson(out / f"{pred.slide_id}_tiles.geojson", pred.geojson))
     print(json.dumps(pred.summary(), indent=2))
+    for path in written:
+        _note(f"wrote {path}")
     return 0
+
+
+def _note(message: str) -> None:
+    """Progress and output paths go to stderr, so stdout stays the JSON summary."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -82,31 +95,43 @@ def _bundle_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="slidemil", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="print a slide's dimensions, levels, mpp and objective")
-    info.add_argument("slide")
+def build_parser() -> argparse.ArgumentParser:
+    """Every sub-command with its options; each option has a help text and shows its default."""
+    from slidemil import __version__
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    ap = argparse.ArgumentParser(prog="slidemil", description=__doc__, formatter_class=fmt)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    info = sub.add_parser("info", help="print a slide's dimensions, levels, mpp and objective", formatter_class=fmt)
+    info.add_argument("slide", help="slide file (.svs, .tiff, .ndpi, ..., a DICOM folder or a plain image)")
     info.add_argument("--mpp", type=float, default=None, help="microns per pixel, for files without it")
     info.set_defaults(func=_info)
-    pred = sub.add_parser("predict", help="diagnose one slide with a registered model (heatmap + GeoJSON)")
-    pred.add_argument("slide")
-    pred.add_argument("--mpp", type=float, default=None)
-    pred.add_argument("--model-name", default="slidemil-demo")
-    pred.add_argument("--alias", default="champion")
-    pred.add_argument("--project", default=".", help="project root (MLflow store; MLFLOW_TRACKING_URI wins)")
-    pred.add_argument("--experiment", default="slidemil-demo")
-    pred.add_argument("--top-k", type=int, default=5)
-    pred.add_argument("--out", default="predictions")
+    pred = sub.add_parser("predict", help="diagnose one slide with a registered model (heatmap + GeoJSON)",
+                          formatter_class=fmt)
+    pred.add_argument("slide", help="slide file to diagnose")
+    pred.add_argument("--mpp", type=float, default=None,
+                      help="microns per pixel, for files without it (e.g. 0.5 for a 20x scan)")
+    pred.add_argument("--model-name", default="slidemil-demo", help="MLflow registered model")
+    pred.add_argument("--alias", default="champion", help="version alias of the registered model")
+    pred.add_argument("--project", default=".",
+                      help="project root holding the MLflow store mlflow.db (MLFLOW_TRACKING_URI wins); read only")
+    pred.add_argument("--top-k", type=int, default=5, help="top-attention tiles listed in the summary")
+    pred.add_argument("--out", default="predictions", help="folder for <slide>_heatmap.png and <slide>_tiles.geojson")
     pred.set_defaults(func=_predict)
-    meth = sub.add_parser("methods", help="list the registered methods, their layers and config fields")
+    meth = sub.add_parser("methods", help="list the registered methods, their layers and config fields",
+                          formatter_class=fmt)
     meth.add_argument("--json", action="store_true", help="machine-readable output")
     meth.set_defaults(func=_methods)
-    upg = sub.add_parser("bundle-upgrade", help="convert a format-1 model bundle to format 2")
+    upg = sub.add_parser("bundle-upgrade", help="convert a format-1 model bundle to format 2", formatter_class=fmt)
     upg.add_argument("bundle", help="bundle folder (holding bundle.json and weights.pt)")
     upg.add_argument("--out", default=None, help="write here instead of in place")
     upg.set_defaults(func=_bundle_upgrade)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI prints the reason, not a traceback

@@ -120,9 +120,10 @@ class SlidePredictor:
         return self.scorer.model
 
     def predict(self, path: str | Path, *, slide_id: str | None = None, mpp: float | None = None,
-                top_k: int = 5, heatmap: bool = True) -> SlidePrediction:
+                top_k: int = 5, heatmap: bool = True, progress: bool = False) -> SlidePrediction:
+        """Tile, encode, score and explain one slide; ``progress`` shows a bar of the tiles read and encoded."""
         from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer
-        from slidemil.evaluation.tile_geojson import tiles_to_geojson
+        from slidemil.evaluation.tile_geojson import scored_tiles_geojson
         from slidemil.features.extract import TileDataset, encode_tiles
         from slidemil.segmenters.base import SlideInput
         from slidemil.slides.backends import open_slide
@@ -154,7 +155,8 @@ class SlidePredictor:
                     dataset = TileDataset(reader.path, reader.mpp, ts.coords, ts.geometry,
                                           reader_factory=lambda p, m: reader)
                     feats[name] = encode_tiles(dataset, self.encoders[name], batch_size=self.batch_size,
-                                               num_workers=0, device=self.device)
+                                               num_workers=0, device=self.device, progress=progress,
+                                               desc=f"{sid}: {name} read + encoded")
             timings["features"] = time.perf_counter() - t1
             layers = {}
             if self.segmenter is not None:
@@ -180,9 +182,7 @@ class SlidePredictor:
                                            slide_dims=reader.dimensions, model=self.model_label,
                                            title=f"{sid} | {spec.method} | {scored.label}: {layer.name}")
                 out.heatmap_png = png_bytes(image)
-                out.geojson = tiles_to_geojson(view.coords, view.level0_px,
-                                               {la.name: la.values for la in scored.layers if la.tile_set == layer.tile_set},
-                                               sid)
+                out.geojson = scored_tiles_geojson(scored, layer.tile_set)
                 for t in scored.top_tiles(top_k):
                     out.top_tiles.append({**{k: t[k] for k in ("rank", "x", "y", "score")},
                                           "png": png_bytes(reader.read_tile((t["x"], t["y"]), geometry))})

@@ -31,6 +31,7 @@ from slidemil.utils.process import HOST_TAG, PID_START_TAG, PID_TAG, process_ali
 
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per bundle download is noise
 
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,25 @@ def setup_tracking(project_root: str | Path, experiment: str, uri: str | None = 
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def open_tracking(project_root: str | Path) -> str:
+    """Point MLflow at an existing store, read-only: no database file, table or experiment is created.
+
+    For commands that only read (``slidemil predict``): the project's sqlite store must exist already
+    (``FileNotFoundError`` otherwise, naming it); a user's ``MLFLOW_TRACKING_URI`` is used as it is.
+    """
+    import mlflow
+
+    uri = tracking_uri(project_root)
+    if uri == default_tracking_uri(project_root):
+        db = Path(project_root).resolve() / "mlflow.db"
+        if not db.exists():
+            raise FileNotFoundError(f"no MLflow store at {db}: train and promote a model first (`dvc repro`), "
+                                    "pass --project with the project root, or set MLFLOW_TRACKING_URI")
+    _SET_BY_US.add(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def dvc_out_hash(project_root: str | Path, stage: str) -> str | None:

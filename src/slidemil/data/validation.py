@@ -8,6 +8,7 @@ expressed as expectations, so one GX report holds every reason a row is bad. The
 from __future__ import annotations
 
 import html
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -112,9 +113,16 @@ def validate_manifest(df: pd.DataFrame, classes: list[str], default_mpp: float |
     return ValidationReport(all(r["success"] for r in results), len(df), results, bad)
 
 
+#: GX loggers that narrate an in-memory run at INFO ("temporary directory ... for ephemeral docs site",
+#: "Loading 'datasources'"); importing GX resets its package logger, so these are quietened after the import
+GX_CHATTY_LOGGERS = ("great_expectations.data_context.types.base", "great_expectations.datasource.fluent.config")
+
+
 def _run_suite(df: pd.DataFrame, classes: list[str]) -> list[dict]:
     import great_expectations as gx
 
+    for name in GX_CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     batch_def = (
         context.data_sources.add_pandas("manifest_source")

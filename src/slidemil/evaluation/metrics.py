@@ -57,6 +57,38 @@ def roc_points(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) ->
     return pd.DataFrame(rows, columns=["class", "fpr", "tpr"])
 
 
+MICRO = "micro-average"
+
+
+def micro_roc(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Micro-averaged ROC (every slide x class decision pooled): one monotone curve that summarises a
+    multiclass model, so a model comparison draws one line per model. Two classes: the positive class."""
+    y_true = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    if probs.shape[1] == 2:
+        fpr, tpr, _ = roc_curve(y_true == 1, probs[:, 1])
+    else:
+        onehot = np.eye(probs.shape[1], dtype=bool)[y_true]
+        fpr, tpr, _ = roc_curve(onehot.ravel(), probs.ravel())
+    return fpr, tpr
+
+
+def roc_table(model: str, y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """Long-format ROC rows ``model, curve, step, fpr, tpr``: the micro-average, then one curve per class.
+
+    ``step`` keeps each curve's point order (ties in fpr are vertical steps a plot must not reorder).
+    """
+    fpr, tpr = micro_roc(y_true, probs)
+    parts = [pd.DataFrame({"curve": MICRO, "fpr": fpr, "tpr": tpr})]
+    per_class = roc_points(y_true, probs, class_names)
+    parts += [g.rename(columns={"class": "curve"}) for _, g in per_class.groupby("class", sort=False)]
+    out = []
+    for part in parts:
+        part = part.reset_index(drop=True)
+        out.append(part.assign(model=model, step=np.arange(len(part))))
+    return pd.concat(out, ignore_index=True)[["model", "curve", "step", "fpr", "tpr"]]
+
+
 def confusion(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> np.ndarray:
     return confusion_matrix(np.asarray(y_true, int), np.asarray(probs).argmax(1), labels=list(range(n_classes)))
 

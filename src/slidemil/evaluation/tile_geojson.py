@@ -15,10 +15,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# Fixed namespace so re-exporting the same slide gives the same feature ids (QuPath keeps ids on import).
-_ID_NAMESPACE = uuid.UUID("6f0b7f52-3d0e-4c55-9a51-5a1de3117c0a")
+from slidemil.evaluation.heatmap import to_percentiles
+from slidemil.utils.geojson import ID_NAMESPACE, feature_id
 
 OBJECT_TYPES = ("tile", "detection", "annotation")
+
+#: tiles at or above this within-slide percentile of the primary layer are classified as the predicted class
+EVIDENCE_PERCENTILE = 0.9
+#: QuPath's built-in class for everything else
+OTHER_CLASS = "Other"
 
 
 def tile_polygon(x: float, y: float, side: float) -> list[list[float]]:
@@ -69,11 +74,43 @@ def tiles_to_geojson(
             props["classification"] = {"name": cls, "color": list(colors.get(cls, _default_color(cls)))}
         features.append({
             "type": "Feature",
-            "id": str(uuid.uuid5(_ID_NAMESPACE, f"{slide_id}/{i}/{x}/{y}")),
+            "id": feature_id(slide_id, i, x, y),  # stable UUID: a re-import updates, never duplicates
             "geometry": {"type": "Polygon", "coordinates": [tile_polygon(x, y, level0_px)]},
             "properties": props,
         })
     return {"type": "FeatureCollection", "features": features}
+
+
+def scored_tiles_geojson(scored, tile_set: str | None = None,
+                         class_colors: Mapping[str, tuple[int, int, int]] | None = None) -> dict:
+    """The tiles of one tile set of a scored slide (:class:`slidemil.scoring.ScoredSlide`) as QuPath reads best.
+
+    Measurements per tile: every score layer of the tile set, raw (``attention (raw)``) and, for within-slide
+    scores (attention, contribution, rank), as a 0-1 within-slide percentile (``attention percentile``);
+    probability layers as they are; and the slide's class probabilities (``P(<class>)``). Classification:
+    the predicted class for the tiles at or above the primary layer's 90th percentile (the evidence), QuPath's
+    ``Other`` for the rest. The slide id goes in every tile's metadata.
+    """
+    layers = [la for la in scored.layers if la.tile_set == (tile_set or scored.primary.tile_set)]
+    if not layers:
+        raise ValueError(f"{scored.slide_id}: no score layer on tile set {tile_set!r}")
+    view = scored.tile_sets[layers[0].tile_set]
+    n = len(view.coords)
+    measurements: dict[str, np.ndarray] = {}
+    for la in layers:
+        if la.relative:
+            measurements[f"{la.name} (raw)"] = np.asarray(la.values, np.float64)
+            measurements[f"{la.name} percentile"] = to_percentiles(la.values)
+        else:
+            measurements[la.name] = np.asarray(la.values, np.float64)
+    for cls, prob in scored.probabilities.items():
+        measurements[f"P({cls})"] = np.full(n, float(prob))
+    primary = layers[0]
+    evidence = to_percentiles(primary.values) if primary.relative else np.asarray(primary.values, np.float64)
+    classes = [scored.label if e >= EVIDENCE_PERCENTILE else OTHER_CLASS for e in evidence]
+    colors = {OTHER_CLASS: (160, 160, 160), **dict(class_colors or {})}
+    return tiles_to_geojson(view.coords, view.level0_px, measurements, scored.slide_id, classification=classes,
+                            class_colors=colors)
 
 
 def _per_tile_classes(classification, n: int) -> list[str | None]:
@@ -87,7 +124,7 @@ def _per_tile_classes(classification, n: int) -> list[str | None]:
 
 def _default_color(name: str) -> tuple[int, int, int]:
     """Stable colour per class name (a hash, so the same class looks the same in every export)."""
-    h = uuid.uuid5(_ID_NAMESPACE, name).bytes
+    h = uuid.uuid5(ID_NAMESPACE, name).bytes
     return int(h[0]), int(h[1]), int(h[2])
 
 

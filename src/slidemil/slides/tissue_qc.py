@@ -12,6 +12,7 @@ import numpy as np
 
 from slidemil.slides.masks import to_mask_px
 from slidemil.slides.tissue import TissueSegmentation
+from slidemil.utils.geojson import feature_id
 
 TISSUE_COLOR_RGB = (0, 200, 0)
 HOLE_COLOR_RGB = (0, 0, 255)
@@ -56,13 +57,13 @@ def contours_to_geojson(seg: TissueSegmentation, slide_id: str) -> dict:
         coords = [_ring(outer, True)] + [_ring(r, False) for r in holes]
         features.append({
             "type": "Feature",
-            "id": f"{slide_id}-tissue-{i}",
+            "id": feature_id(slide_id, "tissue", i),  # a stable UUID: QuPath keeps it, re-imports do not duplicate
             "geometry": {"type": "Polygon", "coordinates": coords},
             "properties": {
                 "objectType": "annotation",
                 "name": f"tissue {i}",
-                "slide_id": slide_id,
                 "classification": {"name": "Tissue", "color": list(TISSUE_COLOR_RGB)},
+                "metadata": {"slide_id": str(slide_id)},
             },
         })
     return {"type": "FeatureCollection", "features": features}

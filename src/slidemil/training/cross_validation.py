@@ -40,6 +40,10 @@ class CVSpec:
     bundle_context: dict  # components, tile_sets, tiling, tissue, heatmap copied into every bundle
     extra_params: dict = field(default_factory=dict)  # logged on the parent run (data version, ...)
     family: str | None = None  # run/display name when it differs from the method (e.g. "tuned")
+    #: the data version every run logs as its MLflow dataset input (the DVC hash of the features) and where
+    #: that data lives; None = no dataset input
+    dataset_digest: str | None = None
+    dataset_source: str | None = None
 
     @property
     def name(self) -> str:
@@ -83,12 +87,14 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
         tracker.params({f"tiling.{k}": v for k, v in spec.bundle_context.get("tiling", {}).items()})
         tracker.params({**spec.extra_params, "n_slides": len(slides), "n_folds": splits["fold"].nunique(),
                         "selection": f"{method.monitor} ({method.mode}) on validation"})
+        _log_dataset(tracker, spec, slides)
         for fold, fsplit in splits.groupby("fold"):
             parts = {s: [refs[i] for i in fsplit.loc[fsplit.split == s, "slide_id"]] for s in ("train", "val", "test")}
             with tracker.run(f"{spec.name}-fold{fold}", nested=True,
                              tags={"slidemil.model": spec.name, "slidemil.fold": str(fold),
                                    "slidemil.kind": "cv-fold"}) as fold_run_id:
                 tracker.params({"fold": fold, **{f"n_{s}": len(v) for s, v in parts.items()}})
+                _log_dataset(tracker, spec, slides)
                 res = train_fold(int(fold), method, parts, source, spec.train, spec.class_names,
                                  metric_sink=tracker.metrics)
                 if res is None:  # not rank 0
@@ -111,9 +117,9 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
                 ), res.state_dict)
                 bundles[int(fold)] = bundle.save(out_dir / "folds" / f"fold{fold}" / "bundle")
                 tracker.artifacts(str(bundles[int(fold)]), "bundle")
-                with tempfile.TemporaryDirectory() as tmp:
-                    res.predictions.to_csv(Path(tmp) / "predictions.csv", index=False)
-                    tracker.artifact(str(Path(tmp) / "predictions.csv"))
+                with tempfile.TemporaryDirectory() as tmp:  # the parent's artifact paths, so compare finds them
+                    _write_report(Path(tmp), res.predictions, spec.class_names, f"{spec.name} fold {fold}")
+                    tracker.artifacts(tmp, "report")
                 fold_rows.append(row)
                 all_preds.append(res.predictions)
                 log.info("%s fold %d: best epoch %d/%d, %s %.4f, test auc %.4f", spec.name, fold,
@@ -128,9 +134,10 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
             "val": summarise_folds(per_fold.rename(columns=lambda c: c[4:] if c.startswith("val_") else c)
                                    [[m for m in METRICS if f"val_{m}" in per_fold]]),
         }
-        for split, s in summary.items():
-            for m, v in s.items():
-                tracker.metrics({f"{split}_{m}_mean": v["mean"], f"{split}_{m}_std": v["std"]})
+        for split, s in summary.items():  # the folds' names (test_auc), so the runs table lines up; _std beside
+            for m, v in s.items():             # (_mean: the same value, kept for the dashboard and promotion)
+                tracker.metrics({f"{split}_{m}": v["mean"], f"{split}_{m}_std": v["std"],
+                                 f"{split}_{m}_mean": v["mean"]})
         pick = per_fold["best_score"].idxmin() if method.mode == "min" else per_fold["best_score"].idxmax()
         best_fold = int(per_fold.loc[pick, "fold"])
         selection = f"{'lowest' if method.mode == 'min' else 'highest'} validation {method.monitor.removeprefix('val_')}"
@@ -159,16 +166,30 @@ def _write_artifacts(out_dir: Path, spec: CVSpec, splits: pd.DataFrame, per_fold
     per_fold.to_csv(report / "per_fold_metrics.csv", index=False)
     with atomic_path(out_dir / "predictions.csv") as tmp:
         preds.to_csv(tmp, index=False, float_format="%.10g")
-    preds.to_csv(report / "predictions.csv", index=False, float_format="%.10g")
-    test = preds[preds.split == "test"]
-    probs = _prob_matrix(test, spec.class_names)
-    roc = pd.concat([roc_points(g["label"].to_numpy(), _prob_matrix(g, spec.class_names), spec.class_names)
-                     .assign(fold=f) for f, g in test.groupby("fold")], ignore_index=True)
-    plot_roc(roc, report / "roc_test.png", f"{spec.name}: test ROC per fold")
-    plot_confusion(confusion(test["label"].to_numpy(), probs, len(spec.class_names)), spec.class_names,
-                   report / "confusion_test.png", f"{spec.name}: test (all folds)")
+    _write_report(report, preds, spec.class_names, f"{spec.name} (all folds)")
     write_json_atomic(out_dir / "summary.json", {
         "model": spec.name, "method": spec.method, "parent_run_id": run_id, "selected_fold": best_fold,
         "selection": selection, "summary": summary,
         "per_fold": json.loads(per_fold.to_json(orient="records")),
     })
+
+
+def _write_report(folder: Path, preds: pd.DataFrame, class_names: list[str], title: str) -> None:
+    """``predictions.csv``, ``roc_test.png`` and ``confusion_test.png``: the same names in every fold and
+    parent run, so MLflow's compare view lines the figures up. ROC: one thin line per fold and class."""
+    preds.to_csv(folder / "predictions.csv", index=False, float_format="%.10g")
+    test = preds[preds.split == "test"]
+    if test.empty:
+        return
+    roc = pd.concat([roc_points(g["label"].to_numpy(), _prob_matrix(g, class_names), class_names).assign(fold=f)
+                     for f, g in test.groupby("fold")], ignore_index=True)
+    plot_roc(roc, folder / "roc_test.png", f"{title}: test ROC")
+    plot_confusion(confusion(test["label"].to_numpy(), _prob_matrix(test, class_names), len(class_names)),
+                   class_names, folder / "confusion_test.png", f"{title}: test")
+
+
+def _log_dataset(tracker, spec: CVSpec, slides: pd.DataFrame) -> None:
+    """The slide table as the run's dataset input, named by the data version (MLflow's Dataset column)."""
+    if spec.dataset_digest:
+        tracker.dataset(slides[["slide_id", "label"]], name="slidemil-features", digest=spec.dataset_digest,
+                        source=spec.dataset_source)

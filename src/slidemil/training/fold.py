@@ -58,7 +58,8 @@ class FoldResult:
 
 def predict_slides(method: Method, model: torch.nn.Module, dataset: SlideBagDataset, class_names: list[str],
                    split: str) -> pd.DataFrame:
-    """Per-slide probabilities (eval mode, no grad) as rows ``slide_id, split, label, pred, prob_<class>``
+    """Per-slide probabilities (eval mode, no grad) as rows ``slide_id, split, label, pred, label_name,
+    pred_name, prob_<class>`` (label and pred are class indices, the ``_name`` columns the class names)
     (plus ``vote``, the majority vote over bags, for methods that vote)."""
     model.eval()
     rows = []
@@ -66,7 +67,9 @@ def predict_slides(method: Method, model: torch.nn.Module, dataset: SlideBagData
         slide = dataset.slide(i)
         pred = method.predict(model, slide)
         probs = pred.probs
-        row = {"slide_id": slide.slide_id, "split": split, "label": slide.label, "pred": int(probs.argmax())}
+        pred_index = int(probs.argmax())
+        row = {"slide_id": slide.slide_id, "split": split, "label": slide.label, "pred": pred_index,
+               "label_name": class_names[slide.label], "pred_name": class_names[pred_index]}
         if pred.vote_index is not None:  # methods voting over several bags (MSA): the majority vote too
             row["vote"] = pred.vote_index
         row.update({f"prob_{c}": float(p) for c, p in zip(class_names, probs, strict=True)})

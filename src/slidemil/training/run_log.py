@@ -63,6 +63,14 @@ class MlflowRunLog:
 
         log_bundle(bundle_dir, name="model")
 
+    def dataset(self, table, name: str, digest: str, source: str | None = None) -> None:
+        """Log ``table`` (a DataFrame) as the run's training dataset; ``digest`` is the data version (a DVC
+        hash), so runs on the same data show the same Dataset in MLflow's runs table."""
+        import mlflow
+
+        ds = mlflow.data.from_pandas(table, source=source, name=name, digest=digest[:36])  # MLflow keeps 36 chars
+        mlflow.log_input(ds, context="training")
+
 
 class SilentRunLog(MlflowRunLog):
     """Same calls, nothing written (DDP ranks other than 0)."""
@@ -87,6 +95,9 @@ class SilentRunLog(MlflowRunLog):
         pass
 
     def bundle(self, bundle_dir: str) -> None:
+        pass
+
+    def dataset(self, table, name: str, digest: str, source: str | None = None) -> None:
         pass
 
 

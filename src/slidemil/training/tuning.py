@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,8 @@ class TuneConfig:
     n_trials: int = 10
     timeout_s: float | None = None
     metric: str = "val_loss"  # val_loss (minimise) or val_auc / val_balanced_accuracy (maximise)
-    folds: list[int] = field(default_factory=lambda: [0])
+    #: folds whose validation parts score a trial (the mean over them); None = every fold of the splits
+    folds: list[int] | None = None
     seed: int = 0
     #: this process's index among the processes sharing the study (env SLIDEMIL_TUNE_WORKER); the sampler is
     #: seeded with seed + worker, so one worker reproduces its trials and several never draw the same ones
@@ -86,17 +88,24 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> tuple[str, dict, dict]:
     return method, overrides, trainer
 
 
-def create_study(cfg: TuneConfig) -> optuna.Study:
-    """Create or join the shared study (safe to call from several processes at once)."""
+def create_study(cfg: TuneConfig, n_folds: int = 1) -> optuna.Study:
+    """Create or join the shared study (safe to call from several processes at once).
+
+    The sampler is seeded with seed + worker + the trials already in the study, so one worker reproduces its
+    trials from the same database state and a study that persists across runs draws new trials each run.
+    Pruning steps are epochs when one fold scores a trial, folds (the running mean) when several do.
+    """
     _ensure_sqlite_folder(cfg.storage)
-    return optuna.create_study(
+    warmup = cfg.pruner_warmup_epochs if n_folds == 1 else 1
+    study = optuna.create_study(
         study_name=cfg.study_name,
         storage=cfg.storage,
         direction=cfg.direction,
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed + cfg.worker),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.pruner_warmup_epochs),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup),
     )
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + cfg.worker + 1000 * len(study.trials))
+    return study
 
 
 def run_tuning(
@@ -117,7 +126,8 @@ def run_tuning(
 
     index = {c: i for i, c in enumerate(class_names)}
     refs = {r.slide_id: SlideRef(r.slide_id, index[r.label]) for r in slides.itertuples()}
-    study = create_study(cfg)
+    folds = sorted(int(f) for f in splits["fold"].unique()) if cfg.folds is None else list(cfg.folds)
+    study = create_study(cfg, len(folds))
 
     def objective(trial: optuna.Trial) -> float:
         name, overrides, train_over = suggest(trial, cfg.space)
@@ -133,11 +143,11 @@ def run_tuning(
             mlflow.set_tags({**process_tags(), "slidemil.kind": "tune-trial", "optuna.study": cfg.study_name,
                              "optuna.trial": str(trial.number)})
             mlflow.log_params({"method": name, **overrides, **train_over})
-            for fold in cfg.folds:
+            for k, fold in enumerate(folds):
                 fs = splits[splits.fold == fold]
                 parts = {s: [refs[i] for i in fs.loc[fs.split == s, "slide_id"]] for s in ("train", "val")}
                 callbacks = ([PyTorchLightningPruningCallback(trial, monitor=method.monitor)]
-                             if len(cfg.folds) == 1 else [])
+                             if len(folds) == 1 else [])
                 res = train_fold(fold, method, parts, source, train_cfg, class_names,
                                  metric_sink=lambda m, step: mlflow.log_metrics(m, step=step),
                                  extra_callbacks=callbacks)
@@ -146,6 +156,12 @@ def run_tuning(
                                         val[[f"prob_{c}" for c in class_names]].to_numpy())
                 metrics["loss"] = res.best_val_loss
                 scores.append(metrics[cfg.metric.removeprefix("val_")])
+                mlflow.log_metric(f"fold_{cfg.metric}", scores[-1], step=k)
+                if len(folds) > 1:  # prune on the running mean over the folds scored so far
+                    trial.report(float(np.nanmean(scores)), step=k)
+                    if trial.should_prune():
+                        mlflow.set_tag("optuna.state", "pruned")
+                        raise optuna.TrialPruned(f"mean {cfg.metric} after {k + 1} folds")
             value = float(np.nanmean(scores))
             mlflow.log_metric(cfg.metric, value)
             mlflow.set_tag("optuna.state", "complete")
@@ -153,7 +169,7 @@ def run_tuning(
 
     with mlflow.start_run(run_name=f"tune-{cfg.study_name}") as parent:
         mlflow.set_tags({**process_tags(), "slidemil.kind": "tune", "optuna.study": cfg.study_name})
-        mlflow.log_params({"n_trials": cfg.n_trials, "metric": cfg.metric, "folds": str(cfg.folds),
+        mlflow.log_params({"n_trials": cfg.n_trials, "metric": cfg.metric, "folds": str(folds),
                            "storage": _redact(cfg.storage)})
         study.optimize(objective, n_trials=cfg.n_trials, timeout=cfg.timeout_s, catch=(RuntimeError,),
                        callbacks=[_log_pruned])
@@ -163,7 +179,8 @@ def run_tuning(
 
 def _log_pruned(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if trial.state == optuna.trial.TrialState.PRUNED:
-        log.info("trial %d pruned at epoch %s", trial.number, max(trial.intermediate_values, default=None))
+        log.info("trial %d pruned at step %s (an epoch when one fold scores a trial, a fold when several do)",
+                 trial.number, max(trial.intermediate_values, default=None))
 
 
 def _log_study(study: optuna.Study, run_id: str) -> None:
@@ -180,13 +197,15 @@ def _log_study(study: optuna.Study, run_id: str) -> None:
 
     from slidemil.evaluation.plots import save_figure
 
-    save_figure(ovm.plot_optimization_history(study).figure, "optimization_history.png")
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(completed) >= 2 and len({tuple(sorted(t.params)) for t in completed}) >= 1:
-        try:
-            save_figure(ovm.plot_param_importances(study).figure, "param_importances.png")
-        except (ValueError, RuntimeError) as exc:  # too few distinct trials for importances
-            log.warning("parameter importance not computed: %s", exc)
+    with warnings.catch_warnings():  # Optuna flags its matplotlib plots experimental on every call: noise
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        save_figure(ovm.plot_optimization_history(study).figure, "optimization_history.png")
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(completed) >= 2 and len({tuple(sorted(t.params)) for t in completed}) >= 1:
+            try:
+                save_figure(ovm.plot_param_importances(study).figure, "param_importances.png")
+            except (ValueError, RuntimeError) as exc:  # too few distinct trials for importances
+                log.warning("parameter importance not computed: %s", exc)
 
 
 def export_best(study: optuna.Study, path: str | Path) -> dict:
@@ -210,6 +229,21 @@ def export_best(study: optuna.Study, path: str | Path) -> dict:
     }
     write_text_atomic(path, yaml.safe_dump(out, sort_keys=False))
     return out
+
+
+def objective_digest(cfg: TuneConfig, method_sections: dict[str, dict], base_train: TrainConfig,
+                     splits: pd.DataFrame) -> str:
+    """8 hex digits naming what a trial's value means (metric, folds, splits, search space, base settings).
+
+    A study that persists across runs is joined only while this is unchanged: trials scored under other
+    settings are not comparable, so they belong to another study (``<study_name>-<digest>``)."""
+    import hashlib
+    import json
+
+    what = {"metric": cfg.metric, "folds": cfg.folds, "space": [cfg.space.methods, cfg.space.trainer, cfg.space.fields],
+            "sections": method_sections, "train": base_train.to_dict(),
+            "splits": splits.sort_values(["fold", "slide_id"])[["fold", "slide_id", "split"]].values.tolist()}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def _ensure_sqlite_folder(storage: str) -> None:

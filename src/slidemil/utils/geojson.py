@@ -7,10 +7,20 @@ predicted slide) is strict JSON written atomically and every consumer sees Polyg
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from slidemil.utils.atomic import write_text_atomic
+
+# Fixed namespace: re-exporting the same object gives the same id, so QuPath (which keeps a UUID id on
+# import) updates objects on a re-import instead of duplicating them.
+ID_NAMESPACE = uuid.UUID("6f0b7f52-3d0e-4c55-9a51-5a1de3117c0a")
+
+
+def feature_id(*parts: object) -> str:
+    """A deterministic UUID (uuid5) for the object named by ``parts`` (slide id, kind, index, ...)."""
+    return str(uuid.uuid5(ID_NAMESPACE, "/".join(str(p) for p in parts)))
 
 
 def polygons(feature_collection: dict) -> Iterator[list]:
