@@ -67,6 +67,7 @@ class SlidePrediction:
             "slide_id": self.slide_id,
             "label": self.label,
             "probabilities": self.probabilities,
+            "raw_probabilities": self.scored.raw_probabilities,
             "n_tiles": self.n_tiles,
             "score_layer": None if primary is None else {"name": primary.name, "kind": primary.kind},
             "top_tiles": [{k: v for k, v in t.items() if k != "png"} for t in self.top_tiles],

@@ -109,10 +109,10 @@ def plot_reliability(tables: dict[str, pd.DataFrame], path: str | Path, title: s
 
 # ---- temperature scaling ------------------------------------------------------------------------------------
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T) row-wise; T = 1 returns ``probs`` unchanged (renormalised)."""
+    """softmax(log p / T) row-wise; T = 1 returns ``probs`` as they are (old bundles serve what they served)."""
     probs = np.asarray(probs, dtype=np.float64)
     if temperature == 1.0:
-        return probs / probs.sum(-1, keepdims=True)
+        return probs.copy()
     z = np.log(np.clip(probs, EPS, 1.0)) / float(temperature)
     z -= z.max(-1, keepdims=True)
     e = np.exp(z)
