@@ -1,0 +1,113 @@
+"""External validation: the class refusal, the reference parser, cohort metrics and the report; the External
+dashboard page on a cohort folder written by the same functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slidemil.bundle import CalibrationSpec
+from slidemil.evaluation.calibration import plot_reliability, reliability_table
+from slidemil.external import (
+    CohortError,
+    ExternalConfig,
+    ModelRef,
+    check_cohort_classes,
+    cohort_metrics,
+    flat_metrics,
+    render_report,
+    validate_cohort,
+)
+from slidemil.utils.atomic import write_json_atomic
+from tests.test_dashboard import _app, _frames, _texts
+
+CLASSES = ["normal", "subtype_a", "subtype_b"]
+
+
+def test_model_reference():
+    assert ModelRef.parse("slidemil-demo@champion").uri == "models:/slidemil-demo@champion"
+    assert ModelRef.parse("slidemil-demo/3").uri == "models:/slidemil-demo/3"
+    with pytest.raises(ValueError, match="NAME@ALIAS"):
+        ModelRef.parse("slidemil-demo")
+
+
+def test_cohort_with_unknown_classes_is_refused(tmp_path):
+    with pytest.raises(CohortError, match=r"classes \['lymphoma'\] that model m@champion does not know "
+                                          r"\(its classes: \['normal', 'subtype_a', 'subtype_b'\]\)"):
+        check_cohort_classes(pd.Series(["normal", "lymphoma"]), CLASSES, "site2", "m@champion")
+    # the same refusal before the suite runs (no slide is opened)
+    df = pd.DataFrame({"slide_id": ["a"], "case_id": ["c"], "path": ["a.svs"], "label": ["lymphoma"],
+                       "abs_path": [str(tmp_path / "a.svs")]})
+    with pytest.raises(CohortError, match="does not know"):
+        validate_cohort(df, CLASSES, "site2", "m@champion", tmp_path)
+    assert not (tmp_path / "validation.json").exists()
+
+
+def test_cohort_that_fails_the_suite_is_refused(tmp_path):
+    df = pd.DataFrame({"slide_id": ["a"], "case_id": ["c"], "path": ["a.svs"], "label": ["normal"],
+                       "abs_path": [str(tmp_path / "a.svs")]})
+    with pytest.raises(CohortError, match="failed validation"):
+        validate_cohort(df, CLASSES, "site2", "m@champion", tmp_path)
+    assert (tmp_path / "validation.json").exists()
+
+
+def _cohort(seed: int = 0, n: int = 12):
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1, 2], n // 3)
+    logits = rng.normal(0, 1, (n, 3)) + 3.0 * np.eye(3)[y]
+    logits[0] = [0.0, 6.0, 0.0]  # slide 0 (normal) confidently wrong
+    raw = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    cases = np.repeat([f"ext_{i:03d}" for i in range(n // 2)], 2)
+    return y, raw, cases
+
+
+def test_cohort_metrics_and_report():
+    y, raw, cases = _cohort()
+    cal = CalibrationSpec(temperature=2.0, threshold=0.5, rule="youden", negative_class="normal")
+    m = cohort_metrics(y, raw, cases, cal, CLASSES, ExternalConfig(n_boot=200))
+    assert m["auc"]["unit"] == "case" and m["auc"]["n_units"] == 6
+    assert m["auc"]["low"] <= m["auc"]["estimate"] <= m["auc"]["high"]
+    assert m["temperature"] == 2.0 and m["ece"] != m["ece_calibrated"]
+    op = m["operating_point"]
+    assert (op["n_positive"], op["n_negative"]) == (8, 4)
+    assert op["specificity"] == 0.75  # the confidently wrong normal slide is called disease
+    assert m["class_counts"] == {"normal": 4, "subtype_a": 4, "subtype_b": 4}
+    flat = flat_metrics(m)
+    assert flat["external_auc_ci_low"] == m["auc"]["low"] and flat["external_specificity"] == 0.75
+    preds = _predictions(y, raw, cases)
+    text = render_report({**m, "cohort": "site2", "model": "m@champion (v1)", "manifest": "x.csv",
+                          "stain_normalisation": "none", "bundle_fold": 1}, preds, CLASSES)
+    assert "| AUC (one-vs-rest macro) |" in text and "Stain normalisation: **none**" in text
+    worst_row = [line for line in text.splitlines() if line.startswith("| ext_s0 ")]
+    assert worst_row and "| normal | subtype_a |" in worst_row[0]
+
+
+def _predictions(y, raw, cases) -> pd.DataFrame:
+    return pd.DataFrame({"slide_id": [f"ext_s{i}" for i in range(len(y))], "case_id": cases,
+                         "label": [CLASSES[i] for i in y], "pred": [CLASSES[i] for i in raw.argmax(1)],
+                         "true_prob": raw[np.arange(len(y)), y]})
+
+
+def test_external_page(tmp_path, monkeypatch):
+    y, raw, cases = _cohort()
+    m = cohort_metrics(y, raw, cases, CalibrationSpec(), CLASSES, ExternalConfig(n_boot=100))
+    folder = tmp_path / "data" / "external" / "site2"
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "metrics.json", {**m, "cohort": "site2", "model": "m@champion (v1)",
+                                                "manifest": "x.csv", "stain_normalisation": "none"})
+    _predictions(y, raw, cases).to_csv(folder / "predictions.csv", index=False)
+    plot_reliability({"raw": reliability_table(y, raw)}, folder / "reliability.png", "site2")
+
+    empty = _app(tmp_path / "nothing", monkeypatch, "external")
+    assert any("No external validation yet" in i.value for i in empty.info)
+
+    at = _app(tmp_path, monkeypatch, "external")
+    assert at.selectbox(key="external_cohort").value == "site2"
+    table = _frames(at)[0]
+    auc = m["auc"]
+    assert table.iloc[0, 1] == f"{auc['estimate']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]"
+    worst = _frames(at)[1]
+    assert worst.iloc[0]["slide_id"] == "ext_s0"
+    assert "stain normalisation: none" in _texts(at)
+    assert any("No heatmap for ext_s0" in i.value for i in at.info)
