@@ -16,9 +16,11 @@ from slidemil.external import (
     CohortError,
     ExternalConfig,
     ModelRef,
+    cohort_stain_target,
     evaluate_external,
     load_model,
     log_external_run,
+    with_stain_normalisation,
 )
 from slidemil.tracking import setup_tracking
 from slidemil.utils.atomic import write_json_atomic
@@ -37,6 +39,9 @@ def main() -> int:
     for name, cohort in ext["cohorts"].items():
         ref = ModelRef.parse(cohort["model"])
         bundle, mv = load_model(ref)
+        if cohort.get("stain_normalisation"):  # tiles normalised to the training cohort's stain before encoding
+            bundle = with_stain_normalisation(bundle, cohort_stain_target(
+                project_path(p["stains"]["out_dir"]), p["stains"]["fit"]))
         out_dir = project_path(ext["out_dir"]) / name
         try:
             metrics = evaluate_external(bundle, project_path(cohort["manifest"]), out_dir,

@@ -111,3 +111,64 @@ def test_external_page(tmp_path, monkeypatch):
     assert worst.iloc[0]["slide_id"] == "ext_s0"
     assert "stain normalisation: none" in _texts(at)
     assert any("No heatmap for ext_s0" in i.value for i in at.info)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle():
+    import torch
+
+    from slidemil.bundle import ModelBundle
+    from slidemil.encoders.registry import build_encoder
+
+    enc = build_encoder("resnet18", "random", seed=0)
+    torch.manual_seed(0)
+    encoder = {"name": "resnet18", "weights": "random", "seed": 0, "weights_id": enc.weights_id,
+               "feature_dim": enc.feature_dim}
+    tiling = {"tile_px": 224, "target_mpp": 1.0, "stride_px": None, "min_tissue": 0.5, "multiscale_factor": 0}
+    bundle = ModelBundle.create("abmil", {"in_dim": enc.feature_dim, "n_classes": 3}, CLASSES, encoder, tiling,
+                                heatmap={"canvas_max_side": 512})
+    bundle.spec.calibration = CalibrationSpec(temperature=1.5, threshold=0.6, rule="youden", negative_class="normal")
+    return bundle
+
+
+@pytest.mark.slow  # ~35 s on the shared CPUs: two passes of three slides through tiling, resnet18 and heatmaps
+def test_evaluate_external_end_to_end_with_and_without_stain_normalisation(small_demo, tiny_bundle, tmp_path):
+    """From pixels: the suite, the one scoring path, every output; normalisation recorded in the bundle changes
+    the encoded tiles (so the probabilities) and the report says it was used."""
+    from slidemil.external import evaluate_external, with_stain_normalisation
+    from slidemil.features.stain_norm import StainNormalisation
+    from slidemil.stains import StainConfig, reference_matrix
+
+    manifest = pd.read_csv(small_demo / "manifest.csv")
+    sub = manifest.groupby("label").head(1)  # one slide per class
+    sub.to_csv(small_demo / "external.csv", index=False)
+    cfg = ExternalConfig(n_boot=50, top_k=1, device="cpu")
+    plain = evaluate_external(tiny_bundle, small_demo / "external.csv", tmp_path / "plain", model="toy@x",
+                              cohort="site2", cfg=cfg)
+    for rel in ("metrics.json", "predictions.csv", "report.md", "reliability.png", "validation.json"):
+        assert (tmp_path / "plain" / rel).exists(), rel
+    assert len(list((tmp_path / "plain" / "heatmaps").glob("*.png"))) == 3
+    assert plain["n_slides"] == 3 and plain["stain_normalisation"] == "none" and plain["temperature"] == 1.5
+    preds = pd.read_csv(tmp_path / "plain" / "predictions.csv")
+    assert not np.allclose(preds[[f"prob_{c}" for c in CLASSES]], preds[[f"raw_prob_{c}" for c in CLASSES]])
+
+    norm = StainNormalisation(reference_matrix(), StainConfig(), "the reference")
+    assert StainNormalisation.from_component(norm.to_component()).target.to_dict() == reference_matrix().to_dict()
+    normed = evaluate_external(with_stain_normalisation(tiny_bundle, norm), small_demo / "external.csv",
+                               tmp_path / "norm", model="toy@x", cohort="site2", cfg=cfg)
+    assert normed["stain_normalisation"] == "macenko to the reference"
+    assert "Stain normalisation: **macenko to the reference**" in (tmp_path / "norm" / "report.md").read_text()
+    normed_preds = pd.read_csv(tmp_path / "norm" / "predictions.csv")
+    assert (normed_preds["n_tiles"] == preds["n_tiles"]).all()
+    assert not np.allclose(normed_preds["raw_prob_normal"], preds["raw_prob_normal"], atol=1e-6)
+
+
+def test_evaluate_external_refuses_unknown_classes_before_scoring(small_demo, tiny_bundle, tmp_path):
+    from slidemil.external import evaluate_external
+
+    manifest = pd.read_csv(small_demo / "manifest.csv").head(2).assign(label=["normal", "lymphoma"])
+    manifest.to_csv(small_demo / "bad.csv", index=False)
+    with pytest.raises(CohortError, match=r"cohort 'site3' has classes \['lymphoma'\] that model toy@x does not "
+                                          "know"):
+        evaluate_external(tiny_bundle, small_demo / "bad.csv", tmp_path / "bad", model="toy@x", cohort="site3")
+    assert not (tmp_path / "bad" / "predictions.csv").exists()

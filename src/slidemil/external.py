@@ -182,7 +182,32 @@ def evaluate_external(bundle: ModelBundle, manifest_path: str | Path, out_dir: s
 def _stain_note(bundle: ModelBundle) -> str:
     """What the report says about stain normalisation (the bundle's record, applied by the predictor)."""
     fitter = bundle.spec.components.stain_fitter
-    return "none" if not fitter else str(fitter.get("name", fitter))
+    if not fitter or not fitter.get("normalise"):
+        return "none"
+    return f"{fitter.get('name')} to {fitter.get('target_name', 'a reference')}"
+
+
+def with_stain_normalisation(bundle: ModelBundle, normalisation) -> ModelBundle:
+    """The bundle with a stain normalisation recorded (``StainNormalisation``; None: without one), so the
+    predictor normalises every tile before encoding - an evaluation-time choice the report states."""
+    comp = None if normalisation is None else normalisation.to_component()
+    spec = bundle.spec.model_copy(update={"components": bundle.spec.components.model_copy(
+        update={"stain_fitter": comp})})
+    return ModelBundle(spec, bundle.state_dict)
+
+
+def cohort_stain_target(stains_dir: str | Path, fit: dict | None = None, name: str = "training cohort"):
+    """``StainNormalisation`` to the median stain matrix of a cohort's ``stains`` layers (the stains stage)."""
+    from slidemil.features.stain_norm import StainNormalisation, median_matrix
+    from slidemil.stains import StainConfig
+    from slidemil.stains.layer import read_stains
+
+    files = sorted(Path(stains_dir).glob("*.h5"))
+    if not files:
+        raise CohortError(f"no stain matrices in {stains_dir}: run the stains stage (`dvc repro stains`) before "
+                          "evaluating with stain normalisation")
+    target = median_matrix([read_stains(f) for f in files])
+    return StainNormalisation(target, StainConfig.from_dict(fit or {}), f"the {name}'s median ({len(files)} slides)")
 
 
 def _r(v):

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from slidemil.bundle import ModelBundle
+from slidemil.features.stain_norm import StainNormalisation
 from slidemil.methods import SlideData, TileSetView
 from slidemil.scoring import BundleScorer, ScoredSlide
 
@@ -93,6 +94,7 @@ class SlidePredictor:
                                  f"built {built[key].weights_id}")
             self.encoders[tile_set] = built[key]
         self.scorer = BundleScorer(bundle)
+        self.stain = StainNormalisation.from_component(bundle.spec.components.stain_fitter)
         self.device = device
         self.batch_size = batch_size
 
@@ -124,6 +126,8 @@ class SlidePredictor:
             timings["segment_and_tile"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             views, feats = {}, {}
+            transform = (None if self.stain is None else
+                         self.stain.for_slide(reader, tiles.coords, tiles.geometry))  # the slide's own matrix
             for name in spec.tile_sets:
                 if name not in by_name:
                     raise ValueError(f"{sid}: the model needs tile set {name!r}, which the bundle's tiling "
@@ -132,7 +136,7 @@ class SlidePredictor:
                 views[name] = TileSetView(ts.coords, ts.geometry.level0_px, ts.children)
                 if name in self.encoders:
                     dataset = TileDataset(reader.path, reader.mpp, ts.coords, ts.geometry,
-                                          reader_factory=lambda p, m: reader)
+                                          reader_factory=lambda p, m: reader, transform=transform)
                     feats[name] = encode_tiles(dataset, self.encoders[name], batch_size=self.batch_size,
                                                num_workers=0, device=self.device)
             timings["features"] = time.perf_counter() - t1
