@@ -166,7 +166,7 @@ def evaluate_external(bundle: ModelBundle, manifest_path: str | Path, out_dir: s
     preds["called_disease"] = preds["disease_score"] >= threshold
     preds["true_prob"] = calibrated[np.arange(len(y)), y]
     metrics = cohort_metrics(y, raw, preds["case_id"].to_numpy(), cal, names, cfg)
-    metrics.update({"cohort": cohort, "model": model, "manifest": str(manifest_path),
+    metrics.update({"cohort": cohort, "model": model, "manifest": _shown_path(manifest_path),
                     "stain_normalisation": _stain_note(bundle), "bundle_fold": bundle.metadata.get("fold")})
     with atomic_path(out / "predictions.csv") as tmp:
         preds.to_csv(tmp, index=False, float_format="%.6g")
@@ -177,6 +177,15 @@ def evaluate_external(bundle: ModelBundle, manifest_path: str | Path, out_dir: s
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", render_report(metrics, preds, names))
     return metrics
+
+
+def _shown_path(path: str | Path) -> str:
+    """Relative to the working directory (the project root for the stage) when inside it: reports travel."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _stain_note(bundle: ModelBundle) -> str:
@@ -246,7 +255,7 @@ def render_report(metrics: dict, preds: pd.DataFrame, class_names: list[str], wo
         f"| specificity at the validation operating point | {_fmt(op['specificity'])} (n = {op['n_negative']}) |",
         "",
         f"Intervals: percentile bootstrap, {auc['n_boot']} resamples of {auc['unit']}s ({auc['n_units']}); "
-        f"{auc['n_valid']} resamples had every metric defined for AUC. Operating point: disease = "
+        f"AUC defined (two or more classes drawn) in {auc['n_valid']} of them. Operating point: disease = "
         f"1 - p({op['negative_class']}) >= {op['threshold']:.4f} ({op['rule']}).",
         "",
         "![reliability](reliability.png)",
@@ -306,6 +315,16 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
+def logged_model_id(mv) -> str | None:
+    """The MLflow 3 logged model behind a registry version: ``mv.model_id``, or the ``models:/<id>`` source of a
+    version registered from a run's model (the sqlite store leaves ``model_id`` empty there)."""
+    model_id = getattr(mv, "model_id", None)
+    if model_id:
+        return model_id
+    source = str(getattr(mv, "source", "") or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
 def log_external_run(metrics: dict, out_dir: str | Path, mv, cohort: str, experiment: str) -> str:
     """One MLflow run per cohort evaluation; its metrics are linked to the model version's logged model, and
     the version gets tags naming the run and its AUC with CI."""
@@ -322,7 +341,7 @@ def log_external_run(metrics: dict, out_dir: str | Path, mv, cohort: str, experi
                            "n_slides": metrics["n_slides"], "stain_normalisation": metrics["stain_normalisation"],
                            "n_boot": metrics["auc"]["n_boot"], "ci_unit": metrics["auc"]["unit"]})
         dataset = mlflow.data.from_pandas(preds[["slide_id", "case_id", "label"]], name=cohort)
-        model_id = getattr(mv, "model_id", None)
+        model_id = logged_model_id(mv)
         mlflow.log_input(dataset, context="external")
         if model_id:
             mlflow.log_input(model=LoggedModelInput(model_id))
