@@ -87,9 +87,17 @@ def test_fast_metrics_equal_slide_metrics():
     rng = np.random.default_rng(1)
     for n_classes, n in ((2, 9), (3, 14), (3, 5)):
         y = rng.integers(0, n_classes, n)
-        y[:2] = [0, 1]
+        y[:n_classes] = np.arange(n_classes)  # every class among the labels (as in a cohort)
         probs = np.round(rng.dirichlet(np.ones(n_classes), n), 1)  # rounded: ties
         ref = slide_metrics(y, probs)
         assert fast_macro_auc(y, probs) == pytest.approx(ref["auc"], abs=1e-12)
         assert fast_balanced_accuracy(y, probs) == pytest.approx(ref["balanced_accuracy"], abs=1e-12)
         assert fast_macro_f1(y, probs) == pytest.approx(ref["macro_f1"], abs=1e-12)
+
+
+def test_macro_f1_of_a_resample_averages_the_classes_that_occur():
+    from slidemil.evaluation.uncertainty import fast_macro_f1
+
+    probs = np.eye(3)[[0, 0, 1]]
+    assert fast_macro_f1(np.array([0, 0, 1]), probs) == 1.0  # class 2 neither drawn nor predicted
+    assert fast_macro_f1(np.array([0, 0, 0]), probs) == pytest.approx(np.mean([0.8, 0.0]))  # class 1 predicted

@@ -53,11 +53,12 @@ def fast_balanced_accuracy(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def fast_macro_f1(y: np.ndarray, probs: np.ndarray) -> float:
-    """sklearn's macro F1 over every class (``zero_division=0``), as ``slide_metrics`` reports it."""
+    """Macro F1 over the classes that occur (true or predicted): ``slide_metrics``' value whenever every class
+    is among the labels, and no free zero for a class a small resample happened not to draw."""
     cm = _confusion(y, probs.argmax(1), probs.shape[1])
     tp = np.diag(cm).astype(float)
     denom = 2 * tp + (cm.sum(0) - tp) + (cm.sum(1) - tp)
-    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)))
+    return float(np.mean(2 * tp[denom > 0] / denom[denom > 0]))
 
 
 METRIC_FNS: dict[str, MetricFn] = {"auc": fast_macro_auc, "balanced_accuracy": fast_balanced_accuracy,
