@@ -172,3 +172,43 @@ def test_evaluate_external_refuses_unknown_classes_before_scoring(small_demo, ti
                                           "know"):
         evaluate_external(tiny_bundle, small_demo / "bad.csv", tmp_path / "bad", model="toy@x", cohort="site3")
     assert not (tmp_path / "bad" / "predictions.csv").exists()
+
+
+@pytest.mark.slow  # a fresh sqlite MLflow store and a logged pyfunc: ~70 s on the shared CPUs
+def test_external_run_is_linked_to_the_model_version(tmp_path):
+    """The run's metrics are logged against the version's logged model (what MLflow 3's version page lists) and
+    the version is tagged with the cohort's AUC and the run id; load_model resolves NAME@ALIAS."""
+    import mlflow
+    import torch
+
+    from slidemil.bundle import ModelBundle
+    from slidemil.external import load_model, log_external_run, logged_model_id
+    from slidemil.mlflow_model import log_bundle
+    from slidemil.registry import register_and_promote
+    from slidemil.tracking import setup_tracking
+
+    setup_tracking(tmp_path, "external-test")
+    torch.manual_seed(0)
+    folder = ModelBundle.create("abmil", {"in_dim": 8, "n_classes": 3}, CLASSES, {"name": "toy", "feature_dim": 8},
+                                {"tile_px": 224}).save(tmp_path / "b")
+    with mlflow.start_run() as run:
+        info = log_bundle(folder)
+    register_and_promote(info.model_uri, "ext-model", "val_auc_mean", 0.9, run_id=run.info.run_id)
+    bundle, mv = load_model(ModelRef.parse("ext-model@champion"))
+    assert bundle.class_names == CLASSES and logged_model_id(mv) == info.model_id
+
+    y, raw, cases = _cohort()
+    m = {**cohort_metrics(y, raw, cases, CalibrationSpec(), CLASSES, ExternalConfig(n_boot=50)),
+         "manifest": "x.csv", "stain_normalisation": "none"}
+    out = tmp_path / "out"
+    out.mkdir()
+    _predictions(y, raw, cases).to_csv(out / "predictions.csv", index=False)
+    run_id = log_external_run(m, out, mv, "site2", "external-runs")
+    linked = {x.key: (x.value, x.dataset_name) for x in mlflow.get_logged_model(info.model_id).metrics}
+    assert linked["external_auc"] == (m["auc"]["estimate"], "site2")
+    assert linked["external_auc_ci_low"][0] == m["auc"]["low"]
+    tags = mlflow.MlflowClient().get_model_version("ext-model", mv.version).tags
+    assert tags["slidemil.external.site2.run_id"] == run_id and tags["slidemil.external.site2"].startswith("AUC ")
+    assert mlflow.get_run(run_id).data.tags["slidemil.kind"] == "external"
+    with pytest.raises(LookupError, match="dvc repro promote"):
+        load_model(ModelRef.parse("ext-model@nope"))
