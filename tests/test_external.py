@@ -212,3 +212,10 @@ def test_external_run_is_linked_to_the_model_version(tmp_path):
     assert mlflow.get_run(run_id).data.tags["slidemil.kind"] == "external"
     with pytest.raises(LookupError, match="dvc repro promote"):
         load_model(ModelRef.parse("ext-model@nope"))
+
+
+def test_cli_evaluate_names_a_bad_model_reference(capsys, tmp_path):
+    from slidemil.cli import main
+
+    assert main(["evaluate", "--model", "slidemil-demo", "--manifest", "m.csv", "--out", str(tmp_path)]) == 2
+    assert "expected NAME@ALIAS" in capsys.readouterr().err

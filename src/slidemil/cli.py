@@ -61,7 +61,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from slidemil.external import ExternalConfig, ModelRef, evaluate_external, load_model, log_external_run
     from slidemil.tracking import setup_tracking
 
-    ref = ModelRef.parse(args.model)
+    try:
+        ref = ModelRef.parse(args.model)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     setup_tracking(Path(args.project), args.experiment)
     bundle, mv = load_model(ref)
     cohort = args.cohort or Path(args.manifest).resolve().parent.name
