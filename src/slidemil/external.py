@@ -173,7 +173,7 @@ def evaluate_external(bundle: ModelBundle, manifest_path: str | Path, out_dir: s
     tables = {"raw": reliability_table(y, raw, cfg.ece_bins), "calibrated": reliability_table(y, calibrated, cfg.ece_bins)}
     with atomic_path(out / "reliability.csv") as tmp:
         pd.concat([t.assign(probabilities=k) for k, t in tables.items()]).to_csv(tmp, index=False)
-    plot_reliability(tables, out / "reliability.png", f"{cohort}: {model}")
+    plot_reliability(tables, out / "reliability.png", f"{cohort}\n{model}")
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", render_report(metrics, preds, names))
     return metrics

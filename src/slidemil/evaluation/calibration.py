@@ -98,8 +98,8 @@ def plot_reliability(tables: dict[str, pd.DataFrame], path: str | Path, title: s
     for name, t in tables.items():
         t = t[t["count"] > 0]
         ax.plot(t["confidence"], t["accuracy"], "o-", label=name)
-    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", title=title, xlim=(0, 1),
-           ylim=(0, 1.02))
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
