@@ -150,6 +150,12 @@ def test_evaluate_external_end_to_end_with_and_without_stain_normalisation(small
     assert len(list((tmp_path / "plain" / "heatmaps").glob("*.png"))) == 3
     assert plain["n_slides"] == 3 and plain["stain_normalisation"] == "none" and plain["temperature"] == 1.5
     preds = pd.read_csv(tmp_path / "plain" / "predictions.csv")
+    stamps = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "plain" / "slides").glob("*.json")}
+    assert len(stamps) == 3
+    again = evaluate_external(tiny_bundle, small_demo / "external.csv", tmp_path / "plain", model="toy@x",
+                              cohort="site2", cfg=cfg)  # resumed: every slide's result is current
+    assert again == plain
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "plain" / "slides").glob("*.json")} == stamps
     assert not np.allclose(preds[[f"prob_{c}" for c in CLASSES]], preds[[f"raw_prob_{c}" for c in CLASSES]])
 
     norm = StainNormalisation(reference_matrix(), StainConfig(), "the reference")

@@ -5,12 +5,16 @@ the *model's* classes), every slide through the one scoring path from raw pixels
 tiling, encoders, calibration exactly as the bundle records them), and the results into one folder: metrics
 with bootstrap 95% intervals, ECE before / after the bundle's temperature, sensitivity / specificity at the
 operating point chosen on validation, per-slide predictions, heatmaps, a reliability diagram and a markdown
-report. :func:`log_external_run` records it in MLflow linked to the model version (MLflow 3: metrics logged
+report. Resumable: each slide's result is kept in ``slides/<id>.json`` with a key of the bundle, the settings,
+the scoring code and the slide file, and a re-run scores only slides whose key changed.
+:func:`log_external_run` records it in MLflow linked to the model version (MLflow 3: metrics logged
 with the version's ``model_id`` show on the version's page; tags on the version point at the run).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ from slidemil.evaluation.calibration import (
 )
 from slidemil.evaluation.uncertainty import bootstrap_cis
 from slidemil.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from slidemil.utils.hashing import code_version, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -138,23 +143,21 @@ def evaluate_external(bundle: ModelBundle, manifest_path: str | Path, out_dir: s
     names = bundle.class_names
     df = read_manifest(manifest_path)
     validate_cohort(df, names, cohort, model, out, cfg.default_mpp)
-    predictor = SlidePredictor(bundle, device=cfg.device, batch_size=cfg.batch_size)
+    predictor: list = []  # built on the first slide that needs scoring (a resumed run may need none)
+    key = _run_key(bundle, cfg)
     rows = []
     for _, r in df.iterrows():
-        pred = predictor.predict(r["abs_path"], slide_id=r["slide_id"], mpp=row_mpp(r) or cfg.default_mpp,
-                                 top_k=cfg.top_k, heatmap=cfg.heatmaps)
-        images = {f"heatmaps/{r['slide_id']}.png": pred.heatmap_png,
-                  **{f"top_tiles/{r['slide_id']}/rank{t['rank']}.png": t.get("png") for t in pred.top_tiles}}
-        for rel, data in images.items():
-            if data:
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(out / rel) as tmp:
-                    Path(tmp).write_bytes(data)
-        raw = pred.scored.raw_probabilities or pred.probabilities
-        rows.append({"slide_id": r["slide_id"], "case_id": str(r["case_id"]), "label": r["label"], "pred": pred.label,
-                     **{f"prob_{c}": pred.probabilities[c] for c in names},
-                     **{f"raw_prob_{c}": raw[c] for c in names}, "n_tiles": pred.n_tiles})
-        log.info("%s: %s (true %s), %d tiles", r["slide_id"], pred.label, r["label"], pred.n_tiles)
+        done = out / "slides" / f"{r['slide_id']}.json"
+        slide_key = config_hash(key, _file_stamp(r["abs_path"]), row_mpp(r))
+        cached = json.loads(done.read_text()) if done.exists() else {}
+        if cached.get("key") == slide_key:
+            rows.append(cached["row"])
+            continue
+        if not predictor:
+            predictor.append(SlidePredictor(bundle, device=cfg.device, batch_size=cfg.batch_size))
+        row = _score(predictor[0], r, out, cfg, names)
+        write_json_atomic(done, {"key": slide_key, "row": row})  # last: its presence means the slide is complete
+        rows.append(row)
     preds = pd.DataFrame(rows)
     y = np.array([names.index(v) for v in preds["label"]])
     raw = preds[[f"raw_prob_{c}" for c in names]].to_numpy()
@@ -177,6 +180,47 @@ def evaluate_external(bundle: ModelBundle, manifest_path: str | Path, out_dir: s
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", render_report(metrics, preds, names))
     return metrics
+
+
+def _score(predictor, r: pd.Series, out: Path, cfg: ExternalConfig, names: list[str]) -> dict[str, Any]:
+    """One slide from its pixels: heatmap and top tiles written, its predictions row returned."""
+    from slidemil.data.manifest import row_mpp
+
+    pred = predictor.predict(r["abs_path"], slide_id=r["slide_id"], mpp=row_mpp(r) or cfg.default_mpp,
+                             top_k=cfg.top_k, heatmap=cfg.heatmaps)
+    images = {f"heatmaps/{r['slide_id']}.png": pred.heatmap_png,
+              **{f"top_tiles/{r['slide_id']}/rank{t['rank']}.png": t.get("png") for t in pred.top_tiles}}
+    for rel, data in images.items():
+        if data:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out / rel) as tmp:
+                Path(tmp).write_bytes(data)
+    raw = pred.scored.raw_probabilities or pred.probabilities
+    log.info("%s: %s (true %s), %d tiles", r["slide_id"], pred.label, r["label"], pred.n_tiles)
+    return {"slide_id": str(r["slide_id"]), "case_id": str(r["case_id"]), "label": str(r["label"]), "pred": pred.label,
+            **{f"prob_{c}": pred.probabilities[c] for c in names},
+            **{f"raw_prob_{c}": raw[c] for c in names}, "n_tiles": int(pred.n_tiles)}
+
+
+#: code whose edits change a slide's prediction (a resumed run re-scores after any of them)
+SCORING_CODE = ("slidemil.external", "slidemil.inference", "slidemil.scoring", "slidemil.features",
+                "slidemil.slides", "slidemil.encoders", "slidemil.methods", "slidemil.stains", "slidemil.evaluation")
+
+
+def _run_key(bundle: ModelBundle, cfg: ExternalConfig) -> str:
+    """What a slide's cached result depends on besides the slide: the bundle (spec and weights), the output
+    settings and the scoring code."""
+    h = hashlib.sha256()
+    for name in sorted(bundle.state_dict):
+        h.update(name.encode())
+        h.update(bundle.state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return config_hash(bundle.spec.model_dump(), h.hexdigest(), cfg.top_k, cfg.heatmaps, cfg.default_mpp,
+                       code_version(SCORING_CODE))
+
+
+def _file_stamp(path: str) -> list:
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
 def _shown_path(path: str | Path) -> str:
