@@ -24,6 +24,7 @@ nav = st.navigation([
     st.Page(VIEWS / "runs.py", title="Runs", icon=":material/monitoring:", default=True),
     st.Page(VIEWS / "slides.py", title="Slides", icon=":material/biotech:"),
     st.Page(VIEWS / "registry.py", title="Registry", icon=":material/verified:"),
+    st.Page(VIEWS / "external.py", title="External", icon=":material/travel_explore:"),
     st.Page(VIEWS / "data.py", title="Data", icon=":material/fact_check:"),
 ])
 project = da.get_project()

@@ -186,6 +186,18 @@ def trained_models(project: Project) -> list[str]:
     return [m for m in project.models if m in found] + [m for m in found if m not in project.models]
 
 
+def external_cohorts(project: Project) -> list[str]:
+    """Cohorts with results under ``external.out_dir`` (params order first, then any others on disk)."""
+    base = project.path("external.out_dir")
+    found = sorted(p.parent.name for p in base.glob("*/metrics.json")) if base.is_dir() else []
+    declared = list(project.get("external.cohorts") or {})
+    return [c for c in declared if c in found] + [c for c in found if c not in declared]
+
+
+def external_dir(project: Project, cohort: str) -> Path:
+    return project.path("external.out_dir") / cohort
+
+
 def heatmap_index(project: Project) -> pd.DataFrame | None:
     df = read_csv(project.path("heatmaps.out_dir") / "index.csv")
     if df is None or df.empty:

@@ -10,7 +10,7 @@ from slidemil.demo.dataset import generate_demo_dataset
 from slidemil.utils.hashing import code_version, config_hash
 
 
-def _reset_if_settings_changed(out_dir: Path, cfg: dict) -> None:
+def reset_if_settings_changed(out_dir: Path, cfg: dict) -> None:
     """Slides already written are reused (resume), but only if they were made with these settings and this
     version of the demo generator's code (editing the renderer re-renders the demo)."""
     digest = config_hash({k: v for k, v in cfg.items() if k != "workers"}, code_version(["slidemil.demo"]))
@@ -29,7 +29,7 @@ def main() -> None:
     cfg["mpp_choices"] = tuple(cfg["mpp_choices"])
     cfg["classes"] = tuple(p["data"]["classes"])
     cfg["tumour_fraction_range"] = tuple(cfg["tumour_fraction_range"])
-    _reset_if_settings_changed(out_dir, cfg)
+    reset_if_settings_changed(out_dir, cfg)
     df = generate_demo_dataset(out_dir, **cfg)
     log.info("demo dataset: %d slides of %d cases in %s", len(df), df["case_id"].nunique(), out_dir)
 

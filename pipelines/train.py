@@ -9,6 +9,7 @@ import yaml
 from pipelines.common import ROOT, load_params, project_path, setup_logging
 from pipelines.training_inputs import training_inputs
 from slidemil.data.splits import SplitConfig, check_no_leakage, make_splits
+from slidemil.evaluation.calibration import CalibrationConfig
 from slidemil.methods import get_method
 from slidemil.tracking import dvc_out_hash, guard_runs, setup_tracking
 from slidemil.training.config import TrainConfig
@@ -58,7 +59,8 @@ def main() -> int:
                       extra_params={"data_version": data_version["features_md5"],
                                     "encoder_weights": inputs.feature_attrs.get("weights_id")},
                       family=family, dataset_digest=data_version["features_md5"],
-                      dataset_source=str(project_path(p["features"]["out_dir"])))
+                      dataset_source=str(project_path(p["features"]["out_dir"])),
+                      calibration=CalibrationConfig.from_dict(p.get("calibration")))
         res = run_cross_validation(inputs.slides[["slide_id", "label"]], splits, spec, inputs.source,
                                    project_path(t["out_dir"]) / family)
         if res is None:  # a non-zero DDP rank: rank 0 reports and writes

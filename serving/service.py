@@ -162,6 +162,7 @@ class SlideMIL:
                 "features": name,
                 "label": scored.label,
                 "probabilities": scored.probabilities,
+                "raw_probabilities": scored.raw_probabilities,
                 "n_tiles": int(feats.shape[0]),
                 "tile_scores": None if primary is None else to_jsonable(np.asarray(primary.values)),
                 "score_layers": [{k: v for k, v in layer.to_dict().items() if k != "values"}
@@ -233,6 +234,7 @@ class SlideMIL:
             "slide": name,
             "label": pred.label,
             "probabilities": pred.probabilities,
+            "raw_probabilities": pred.scored.raw_probabilities,
             "n_tiles": int(pred.n_tiles),
             "tile_px_level0": int(pred.level0_px),
             "score_layer": pred.summary()["score_layer"],

@@ -127,3 +127,32 @@ def test_checkpoint_encoder_travels_with_the_bundle(tmp_path):
     torch.testing.assert_close(rebuilt(x), start(x))
     assert json.loads((loaded.save(tmp_path / "again") / "bundle.json").read_text())[
         "components"]["encoders"]["tiles"]["weights"] == rel  # saving a loaded bundle ships it again
+def test_calibration_field_old_bundles_and_calibrated_scores(tmp_path):
+    """A bundle without ``calibration`` (written before it) loads with T = 1; a temperature changes the served
+    probabilities but not the class, and the raw ones stay available."""
+    from slidemil.bundle import CalibrationSpec
+    from slidemil.evaluation.calibration import apply_temperature
+
+    folder = _bundle(classes=("a", "b", "c"), config={"in_dim": 8, "n_classes": 3}).save(tmp_path / "old")
+    meta = json.loads((folder / "bundle.json").read_text())
+    del meta["calibration"]
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    old = ModelBundle.load(folder)
+    assert old.spec.calibration.temperature == 1.0 and old.spec.calibration.threshold is None
+    slide = slide_from_features("s", np.random.default_rng(0).normal(size=(12, 8)), np.zeros((12, 2)), 224)
+    plain = BundleScorer(old).score(slide)
+    assert plain.probabilities == plain.raw_probabilities
+
+    old.spec.calibration = CalibrationSpec(temperature=3.0, threshold=0.4, negative_class="a")
+    hot = BundleScorer(ModelBundle.load(old.save(tmp_path / "new"))).score(slide)
+    assert hot.raw_probabilities == pytest.approx(plain.probabilities, abs=1e-7)
+    expected = apply_temperature([list(plain.probabilities.values())], 3.0)[0]
+    assert list(hot.probabilities.values()) == pytest.approx(list(expected), abs=1e-7)
+    assert max(hot.probabilities.values()) < max(plain.probabilities.values()) and hot.label == plain.label
+    assert hot.record()["raw_probabilities"] == hot.raw_probabilities
+
+    meta = json.loads((tmp_path / "new" / "bundle.json").read_text())
+    meta["calibration"]["negative_class"] = "tumour"
+    (tmp_path / "new" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="negative_class 'tumour' is not one of"):
+        ModelBundle.load(tmp_path / "new")

@@ -11,7 +11,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from slidemil.bundle import ModelBundle
 from slidemil.data.splits import SplitConfig, make_splits
+from slidemil.evaluation.calibration import CalibrationConfig, apply_temperature
 from slidemil.tracking import setup_tracking
 from slidemil.training.config import TrainConfig
 from slidemil.training.cross_validation import CVSpec, run_cross_validation
@@ -33,6 +35,7 @@ def trained(tmp_path_factory):
         bundle_context=bundle_context(),
         extra_params={"data_version": "test"},
         dataset_digest="0123456789abcdef0123456789abcdef.dir",
+        calibration=CalibrationConfig(temperature_bounds=(0.25, 4.0)),
     )
     result = run_cross_validation(slides, splits, spec, bag_source(slides), root / "out")
     return root, slides, result
@@ -71,6 +74,13 @@ def test_cv_learns_and_is_tracked(trained):
     assert figures | {"report/splits.csv"} <= report
     summary = json.loads((root / "out" / "summary.json").read_text())
     assert summary["selection"] == "lowest validation loss" and summary["method"] == "clam_sb"
+    # each fold's bundle carries the calibration fitted on its own validation slides
+    for fold in (0, 1):
+        cal = ModelBundle.load(root / "out" / "folds" / f"fold{fold}" / "bundle").spec.calibration
+        n_val = int(((result.predictions.fold == fold) & (result.predictions.split == "val")).sum())
+        assert cal.n_val == n_val > 0 and 0.25 <= cal.temperature <= 4.0 and cal.rule == "youden"
+        assert cal.val_nll_after <= cal.val_nll_before + 1e-9
+        assert summary["calibration"][str(fold)] == cal.model_dump()
 
 
 def test_bundle_reproduces_predictions_in_fresh_process(trained):
@@ -85,8 +95,10 @@ def test_bundle_reproduces_predictions_in_fresh_process(trained):
         bundle = load_bundle_from_uri("runs:/{result.parent_run_id}/model")
         slides = pd.read_csv({str(root / "slides.csv")!r})
         source, scorer = bag_source(slides), BundleScorer(bundle)
-        out = {{r.slide_id: scorer.score(source.load(r.slide_id)).probabilities for r in slides.itertuples()}}
-        print(json.dumps({{"fold": bundle.metadata["fold"], "probs": out}}))
+        scored = {{r.slide_id: scorer.score(source.load(r.slide_id)) for r in slides.itertuples()}}
+        print(json.dumps({{"fold": bundle.metadata["fold"], "t": bundle.spec.calibration.temperature,
+                          "raw": {{k: s.raw_probabilities for k, s in scored.items()}},
+                          "probs": {{k: s.probabilities for k, s in scored.items()}}}}))
     """)
     slides.to_csv(root / "slides.csv", index=False)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
@@ -96,5 +108,8 @@ def test_bundle_reproduces_predictions_in_fresh_process(trained):
     logged = result.predictions[result.predictions.fold == result.best_fold]
     assert len(logged) > 0
     for r in logged.itertuples():
-        for c in CLASSES:
-            assert got["probs"][r.slide_id][c] == pytest.approx(getattr(r, f"prob_{c}"), abs=1e-6)
+        raw = [getattr(r, f"prob_{c}") for c in CLASSES]
+        calibrated = apply_temperature([raw], got["t"])[0]
+        for i, c in enumerate(CLASSES):
+            assert got["raw"][r.slide_id][c] == pytest.approx(raw[i], abs=1e-6)
+            assert got["probs"][r.slide_id][c] == pytest.approx(calibrated[i], abs=1e-6)

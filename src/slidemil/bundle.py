@@ -50,6 +50,22 @@ class Components(BaseModel):
     stain_fitter: dict[str, Any] | None = None
 
 
+class CalibrationSpec(BaseModel):
+    """Probability calibration fitted on the fold's *validation* predictions (slidemil.evaluation.calibration):
+    the temperature applied to the model's probabilities and the operating point on ``1 - p(negative_class)``.
+    Bundles written before it load with T = 1 and no operating point."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, gt=0)
+    threshold: float | None = None
+    rule: str | None = None
+    target_sensitivity: float | None = None
+    negative_class: str | None = None
+    n_val: int = 0
+    val_nll_before: float | None = None
+    val_nll_after: float | None = None
+
+
 class BundleSpec(BaseModel):
     """The validated content of ``bundle.json``."""
 
@@ -64,6 +80,7 @@ class BundleSpec(BaseModel):
     tissue: dict[str, Any] = Field(default_factory=dict)
     heatmap: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleSpec:
@@ -71,6 +88,9 @@ class BundleSpec(BaseModel):
 
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"class_names must be unique, got {self.class_names}")
+        neg = self.calibration.negative_class
+        if neg is not None and neg not in self.class_names:
+            raise ValueError(f"calibration.negative_class {neg!r} is not one of {self.class_names}")
         try:
             method = get_method(self.method)(self.method_config)
         except KeyError as exc:

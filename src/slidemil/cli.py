@@ -1,5 +1,5 @@
-"""`slidemil ...`: work outside DVC — inspect a slide, predict one slide with a registered model, list the
-registered methods, upgrade an old model bundle.
+"""`slidemil ...`: work outside DVC — inspect a slide, predict one slide with a registered model, evaluate a
+registered model on an external cohort, list the registered methods, upgrade an old model bundle.
 
 Kept light: heavy imports happen inside the sub-commands so `slidemil --help` is instant.
 """
@@ -70,6 +70,27 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from slidemil.external import ExternalConfig, ModelRef, evaluate_external, load_model, log_external_run
+    from slidemil.tracking import setup_tracking
+
+    try:
+        ref = ModelRef.parse(args.model)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_tracking(Path(args.project), args.experiment)
+    bundle, mv = load_model(ref)
+    cohort = args.cohort or Path(args.manifest).resolve().parent.name
+    cfg = ExternalConfig(n_boot=args.n_boot, seed=args.seed, heatmaps=not args.no_heatmaps, default_mpp=args.mpp)
+    metrics = evaluate_external(bundle, args.manifest, args.out, model=f"{ref} (v{mv.version})", cohort=cohort,
+                                cfg=cfg)
+    if not args.no_log:
+        metrics["mlflow_run_id"] = log_external_run(metrics, args.out, mv, cohort, args.external_experiment)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from slidemil.methods import describe_methods
 
@@ -119,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--top-k", type=int, default=5, help="top-attention tiles listed in the summary")
     pred.add_argument("--out", default="predictions", help="folder for <slide>_heatmap.png and <slide>_tiles.geojson")
     pred.set_defaults(func=_predict)
+    ev = sub.add_parser("evaluate", formatter_class=fmt,
+                        help="validate a registered model on an external cohort (metrics with CIs, "
+                                         "calibration, heatmaps, report)")
+    ev.add_argument("--model", required=True, help="NAME@ALIAS or NAME/VERSION, e.g. slidemil-demo@champion")
+    ev.add_argument("--manifest", required=True, help="CSV: slide_id, case_id, path, label (+ optional mpp)")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.add_argument("--cohort", default=None, help="cohort name (default: the manifest's folder name)")
+    ev.add_argument("--mpp", type=float, default=None, help="mpp for slides whose file and manifest have none")
+    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    ev.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    ev.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap images (faster)")
+    ev.add_argument("--no-log", action="store_true", help="do not log an MLflow run")
+    ev.add_argument("--project", default=".", help="project root (MLflow store; MLFLOW_TRACKING_URI wins)")
+    ev.add_argument("--experiment", default="slidemil-demo", help="MLflow experiment of the training runs")
+    ev.add_argument("--external-experiment", default="slidemil-external",
+                    help="MLflow experiment of the evaluation run")
+    ev.set_defaults(func=_evaluate)
     meth = sub.add_parser("methods", help="list the registered methods, their layers and config fields",
                           formatter_class=fmt)
     meth.add_argument("--json", action="store_true", help="machine-readable output")
@@ -137,10 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a CLI prints the reason, not a traceback
         from slidemil.slides.errors import SlideError
 
-        if isinstance(exc, SlideError | LookupError | FileNotFoundError) or _is_bundle_error(exc):
+        if isinstance(exc, SlideError | LookupError | FileNotFoundError) or _is_bundle_error(exc) \
+                or _is_cohort_error(exc):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+def _is_cohort_error(exc: Exception) -> bool:
+    if "slidemil.external" not in sys.modules:
+        return False
+    from slidemil.external import CohortError
+
+    return isinstance(exc, CohortError)
 
 
 def _is_bundle_error(exc: Exception) -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from slidemil.bundle import ModelBundle
+from slidemil.features.stain_norm import StainNormalisation
 from slidemil.methods import SlideData, TileSetView
 from slidemil.scoring import BundleScorer, ScoredSlide
 
@@ -67,6 +68,7 @@ class SlidePrediction:
             "slide_id": self.slide_id,
             "label": self.label,
             "probabilities": self.probabilities,
+            "raw_probabilities": self.scored.raw_probabilities,
             "n_tiles": self.n_tiles,
             "score_layer": None if primary is None else {"name": primary.name, "kind": primary.kind},
             "top_tiles": [{k: v for k, v in t.items() if k != "png"} for t in self.top_tiles],
@@ -96,6 +98,7 @@ class SlidePredictor:
         fold = bundle.metadata.get("fold")
         #: what the heatmap legend names as the model; callers that know more (a registry version) overwrite it
         self.model_label = bundle.spec.method + ("" if fold is None else f" fold {fold}")
+        self.stain = StainNormalisation.from_component(bundle.spec.components.stain_fitter)
         self.device = device
         self.batch_size = batch_size
 
@@ -145,6 +148,8 @@ class SlidePredictor:
             timings["segment_and_tile"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             views, feats = {}, {}
+            transform = (None if self.stain is None else
+                         self.stain.for_slide(reader, tiles.coords, tiles.geometry))  # the slide's own matrix
             for name in spec.tile_sets:
                 if name not in by_name:
                     raise ValueError(f"{sid}: the model needs tile set {name!r}, which the bundle's tiling "
@@ -153,7 +158,7 @@ class SlidePredictor:
                 views[name] = TileSetView(ts.coords, ts.geometry.level0_px, ts.children)
                 if name in self.encoders:
                     dataset = TileDataset(reader.path, reader.mpp, ts.coords, ts.geometry,
-                                          reader_factory=lambda p, m: reader)
+                                          reader_factory=lambda p, m: reader, transform=transform)
                     feats[name] = encode_tiles(dataset, self.encoders[name], batch_size=self.batch_size,
                                                num_workers=0, device=self.device, progress=progress,
                                                desc=f"{sid}: {name} read + encoded")

@@ -15,6 +15,7 @@ import numpy as np
 from torch import nn
 
 from slidemil.bundle import ModelBundle
+from slidemil.evaluation.calibration import apply_temperature
 from slidemil.methods import Method, ScoreLayer, SlideData, TileSetView
 from slidemil.utils.ranking import ranked_indices
 
@@ -29,6 +30,7 @@ class ScoredSlide:
     label_index: int
     layers: list[ScoreLayer]
     tile_sets: dict[str, TileSetView] = field(default_factory=dict)
+    raw_probabilities: dict[str, float] | None = None  # before the bundle's temperature (None: same)
 
     @property
     def primary(self) -> ScoreLayer | None:
@@ -59,8 +61,10 @@ class ScoredSlide:
         tile_sets = {name: TileSetView(np.asarray(ts["coords"], dtype=np.int64).reshape(-1, 2), int(ts["level0_px"]))
                      for name, ts in d["tile_sets"].items()}
         label = str(d["label"])
+        raw = d.get("raw_probabilities")
         return cls(str(d["slide_id"]), probabilities, label, list(probabilities).index(label),
-                   [ScoreLayer.from_dict(la) for la in d["layers"]], tile_sets)
+                   [ScoreLayer.from_dict(la) for la in d["layers"]], tile_sets,
+                   None if raw is None else {str(k): float(v) for k, v in raw.items()})
 
     def record(self, top_k: int = 5) -> dict[str, Any]:
         """Machine-readable record of the slide (what the heatmaps stage writes and the dashboard reads)."""
@@ -68,6 +72,7 @@ class ScoredSlide:
             "slide_id": self.slide_id,
             "label": self.label,
             "probabilities": self.probabilities,
+            "raw_probabilities": self.raw_probabilities or self.probabilities,
             "tile_sets": {name: {"coords": view.coords.astype(int).tolist(), "level0_px": int(view.level0_px)}
                           for name, view in self.tile_sets.items()},
             "layers": [layer.to_dict() for layer in self.layers],
@@ -90,7 +95,8 @@ class BundleScorer:
 
 def score_slide(bundle: ModelBundle, method: Method, model: nn.Module, slide: SlideData, *,
                 explain: bool = True) -> ScoredSlide:
-    """Predict one slide and (by default) explain the predicted class."""
+    """Predict one slide and (by default) explain the predicted class. ``probabilities`` are calibrated with the
+    bundle's temperature (which never changes the predicted class); ``raw_probabilities`` are the model's own."""
     for tile_set, dim in method.input_dims().items():
         got = slide.features.get(tile_set)
         if got is None:
@@ -106,8 +112,11 @@ def score_slide(bundle: ModelBundle, method: Method, model: nn.Module, slide: Sl
         if len(layer.values) != n:
             raise RuntimeError(f"{bundle.method_name}.explain returned {len(layer.values)} values for "
                                f"{n} {layer.tile_set!r} tiles")
-    return ScoredSlide(slide.slide_id, {c: float(p) for c, p in zip(names, pred.probs, strict=True)},
-                       names[idx], idx, layers, dict(slide.tile_sets))
+    raw = np.asarray(pred.probs, dtype=np.float64)
+    calibrated = apply_temperature(raw, bundle.spec.calibration.temperature)
+    return ScoredSlide(slide.slide_id, {c: float(p) for c, p in zip(names, calibrated, strict=True)},
+                       names[idx], idx, layers, dict(slide.tile_sets),
+                       {c: float(p) for c, p in zip(names, raw, strict=True)})
 
 
 def slide_from_features(slide_id: str, features: np.ndarray, coords: np.ndarray, level0_px: int) -> SlideData:

@@ -27,7 +27,7 @@ import pandas as pd
 from shapely.geometry import Polygon
 
 from slidemil.demo.raster import fill_rings
-from slidemil.demo.render import BlockRenderer
+from slidemil.demo.render import BlockRenderer, StainShift
 from slidemil.demo.scene import LABELS, SlideScene
 from slidemil.demo.svs_writer import write_aperio_svs
 from slidemil.utils.atomic import atomic_path, write_png_atomic, write_text_atomic
@@ -62,6 +62,7 @@ class SyntheticSlideSpec:
     n_tissue_pieces: int | None = None  # None draws 1-3
     mask_downsample: int = 16
     jpeg_quality: int = 90
+    stain: StainShift | None = None  # another site's H&E colours (the external demo cohort)
 
     @property
     def width_um(self) -> float:
@@ -128,7 +129,7 @@ def _generate(
     if overwrite or not paths["slide"].exists():
         write_aperio_svs(
             paths["slide"],
-            BlockRenderer(scene, spec.mpp),
+            BlockRenderer(scene, spec.mpp, stain=spec.stain),
             spec.width_px,
             spec.height_px,
             mpp=spec.mpp,
@@ -200,8 +201,11 @@ def demo_specs(
     seed: int = 0,
     mask_downsample: int = 16,
     tumour_fraction_range: tuple[float, float] = TUMOUR_FRACTION_RANGE,
+    stain: StainShift | None = None,
+    case_prefix: str = "case",
 ) -> list[SyntheticSlideSpec]:
-    """Specs of the demo dataset: cases with balanced labels, several slides each, mixed pixel sizes."""
+    """Specs of the demo dataset: cases with balanced labels, several slides each, mixed pixel sizes
+    (``stain`` and ``case_prefix``: a second, colour-shifted site with its own patient ids)."""
     unknown = set(classes) - set(LABELS)
     if unknown:
         raise ValueError(f"unknown classes {sorted(unknown)}; the generator knows {LABELS}")
@@ -210,7 +214,7 @@ def demo_specs(
     labels = [labels[i] for i in rng.permutation(n_cases)]
     specs = []
     for ci, label in enumerate(labels):
-        case_id = f"case_{ci:03d}"
+        case_id = f"{case_prefix}_{ci:03d}"
         for si in range(slides_per_case):
             mpp = float(mpp_choices[int(rng.integers(len(mpp_choices)))])
             fraction = float(rng.uniform(*tumour_fraction_range)) if label != "normal" else 0.0
@@ -225,6 +229,7 @@ def demo_specs(
                     seed=int(rng.integers(2**31)),
                     tumour_fraction=fraction,
                     mask_downsample=mask_downsample,
+                    stain=stain,
                 )
             )
     return specs
@@ -244,6 +249,8 @@ def generate_demo_dataset(
     progress: bool = True,
     mask_downsample: int = 16,
     tumour_fraction_range: tuple[float, float] = TUMOUR_FRACTION_RANGE,
+    stain: StainShift | None = None,
+    case_prefix: str = "case",
 ) -> pd.DataFrame:
     """Write ``out_dir/slides/*`` and ``out_dir/manifest.csv``; returns the manifest.
 
@@ -266,6 +273,8 @@ def generate_demo_dataset(
         seed=seed,
         mask_downsample=mask_downsample,
         tumour_fraction_range=tuple(tumour_fraction_range),
+        stain=stain,
+        case_prefix=case_prefix,
     )
     rows: dict[str, dict] = {}
     bar = _progress(len(specs), progress)

@@ -65,12 +65,37 @@ class Palette:
     noise_std: float = 2.6
 
 
+@dataclass(frozen=True)
+class StainShift:
+    """Another lab's / scanner's H&E: other stain colours (OD vectors, normalised) and strengths. The demo's
+    external cohort uses it to simulate a colour-shifted site; the morphology (and so the labels) is unchanged."""
+
+    h_vec: tuple[float, float, float] = tuple(H_VEC)
+    e_vec: tuple[float, float, float] = tuple(E_VEC)
+    h_scale: float = 1.0
+    e_scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StainShift:
+        def unit(v):
+            v = np.asarray(v, dtype=np.float64)
+            if v.shape != (3,) or (v <= 0).any():
+                raise ValueError(f"a stain vector is 3 positive optical densities (R, G, B), got {v.tolist()}")
+            return tuple(float(x) for x in v / np.linalg.norm(v))
+
+        return cls(unit(d.get("h_vec", H_VEC)), unit(d.get("e_vec", E_VEC)), float(d.get("h_scale", 1.0)),
+                   float(d.get("e_scale", 1.0)))
+
+
 @lru_cache(maxsize=4)
-def stain_lut(glass: tuple[int, int, int] = GLASS_RGB) -> np.ndarray:
-    """(65536, 3) uint8: RGB for index (h_q << 8) | e_q."""
+def stain_lut(glass: tuple[int, int, int] = GLASS_RGB, stain: StainShift | None = None) -> np.ndarray:
+    """(65536, 3) uint8: RGB for index (h_q << 8) | e_q (``stain``: a shifted site's colours)."""
     h = np.arange(256) / 255.0 * H_MAX
     e = np.arange(256) / 255.0 * E_MAX
-    od = h[:, None, None] * H_VEC + e[None, :, None] * E_VEC
+    h_vec, e_vec = (H_VEC, E_VEC) if stain is None else (np.asarray(stain.h_vec), np.asarray(stain.e_vec))
+    if stain is not None:
+        h, e = np.clip(h * stain.h_scale, 0, None), np.clip(e * stain.e_scale, 0, None)
+    od = h[:, None, None] * h_vec + e[None, :, None] * e_vec
     rgb = np.asarray(glass, np.float64) * np.exp(-od)
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(-1, 3)
 
@@ -83,11 +108,12 @@ def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 class BlockRenderer:
     """Callable ``(x0, y0, w, h) -> RGB uint8 (h, w, 3)`` of a scene at ``mpp`` um/px (level-0 pixels)."""
 
-    def __init__(self, scene: SlideScene, mpp: float, palette: Palette | None = None):
+    def __init__(self, scene: SlideScene, mpp: float, palette: Palette | None = None,
+                 stain: StainShift | None = None):
         self.scene = scene
         self.mpp = float(mpp)
         self.p = palette or Palette()
-        self.lut = stain_lut()
+        self.lut = stain_lut(GLASS_RGB, stain)
         self.noise_pos, self.noise_neg = noise_tables(scene.seed % 97, self.p.noise_std)
         self.blur_px = self.p.blur_um / self.mpp
         # wider than the blur plus the longest outline segment of a small shape (~4 um): OpenCV's

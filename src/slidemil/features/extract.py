@@ -64,8 +64,10 @@ class TileDataset(Dataset):
         coords: np.ndarray,
         geometry: TileGeometry,
         reader_factory: ReaderFactory = open_reader,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.slide_path = str(slide_path)
+        self.transform = transform  # RGB -> RGB before encoding (a bundle's stain normalisation)
         self.slide_mpp = float(slide_mpp)
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.geometry = geometry
@@ -83,6 +85,8 @@ class TileDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         x, y = self.coords[i]
         tile = self._get_reader().read_tile((int(x), int(y)), self.geometry)
+        if self.transform is not None:
+            tile = self.transform(tile)
         tile = np.ascontiguousarray(tile, dtype=np.uint8)
         return torch.from_numpy(tile if tile.flags.writeable else tile.copy())
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slidemil.bundle import BundleSpec, ModelBundle
+from slidemil.bundle import BundleSpec, CalibrationSpec, ModelBundle
+from slidemil.evaluation.calibration import CalibrationConfig, fit_calibration
 from slidemil.evaluation.metrics import METRICS, confusion, roc_points, slide_metrics, summarise_folds
 from slidemil.evaluation.plots import plot_confusion, plot_roc
 from slidemil.methods import build_method
@@ -44,6 +45,7 @@ class CVSpec:
     #: that data lives; None = no dataset input
     dataset_digest: str | None = None
     dataset_source: str | None = None
+    calibration: CalibrationConfig | None = None  # fitted on each fold's validation predictions; None: T = 1
 
     @property
     def name(self) -> str:
@@ -77,7 +79,7 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
     method = build_method(spec.method, spec.method_config)
     tracker = run_log()
     rank0 = global_rank() == 0
-    fold_rows, all_preds, bundles = [], [], {}
+    fold_rows, all_preds, bundles, calibrations = [], [], {}, {}
     with tracker.run(spec.name, tags={"slidemil.model": spec.name, "slidemil.method": spec.method,
                                       "slidemil.kind": "cv-parent"}) as parent_id:
         tracker.params({f"method.{k}": v for k, v in spec.method_config.items()})
@@ -107,13 +109,18 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
                     if len(p):
                         m = slide_metrics(p["label"].to_numpy(), _prob_matrix(p, spec.class_names))
                         row.update({f"{split}_{k}": v for k, v in m.items()})
+                calibration = _fit_fold_calibration(spec, res.predictions)
+                if calibration.n_val:
+                    row.update({"temperature": calibration.temperature, "threshold": calibration.threshold})
                 tracker.metrics({k: v for k, v in row.items() if k != "fold" and not pd.isna(v)})
+                calibrations[int(fold)] = calibration.model_dump()
                 bundle = ModelBundle(BundleSpec(
                     method=spec.method, method_config=spec.method_config, class_names=spec.class_names,
                     **_context_for(method, spec.bundle_context),
                     metadata={"fold": int(fold), "cv_parent_run_id": parent_id, "fold_run_id": fold_run_id,
                               "best_epoch": res.best_epoch, "monitor": res.monitor, "best_score": res.best_score,
                               "val_loss": res.best_val_loss, **spec.extra_params},
+                    calibration=calibration,
                 ), res.state_dict)
                 bundles[int(fold)] = bundle.save(out_dir / "folds" / f"fold{fold}" / "bundle")
                 tracker.artifacts(str(bundles[int(fold)]), "bundle")
@@ -142,11 +149,22 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
         best_fold = int(per_fold.loc[pick, "fold"])
         selection = f"{'lowest' if method.mode == 'min' else 'highest'} validation {method.monitor.removeprefix('val_')}"
         tracker.params({"selected_fold": best_fold, "selection_rule": selection})
-        _write_artifacts(out_dir, spec, splits, per_fold, preds, summary, best_fold, selection, parent_id)
+        _write_artifacts(out_dir, spec, splits, per_fold, preds, summary, best_fold, selection, parent_id,
+                         calibrations)
         tracker.artifacts(str(out_dir / "report"), "report")
         bundle_dir = ModelBundle.load(bundles[best_fold]).save(out_dir / "bundle")
         tracker.bundle(str(bundle_dir))
     return CVResult(spec.name, parent_id, per_fold, preds, summary, best_fold, bundle_dir)
+
+
+def _fit_fold_calibration(spec: CVSpec, preds: pd.DataFrame) -> CalibrationSpec:
+    """Temperature and operating point from this fold's *validation* predictions only (test never chooses)."""
+    val = preds[preds.split == "val"]
+    if spec.calibration is None or val.empty:
+        return CalibrationSpec()
+    fit = fit_calibration(val["label"].to_numpy(), _prob_matrix(val, spec.class_names), spec.class_names,
+                          spec.calibration)
+    return CalibrationSpec(**fit.to_dict())
 
 
 def _context_for(method, context: dict) -> dict:
@@ -159,7 +177,8 @@ def _context_for(method, context: dict) -> dict:
 
 
 def _write_artifacts(out_dir: Path, spec: CVSpec, splits: pd.DataFrame, per_fold: pd.DataFrame,
-                     preds: pd.DataFrame, summary: dict, best_fold: int, selection: str, run_id: str) -> None:
+                     preds: pd.DataFrame, summary: dict, best_fold: int, selection: str, run_id: str,
+                     calibrations: dict[int, dict]) -> None:
     report = out_dir / "report"
     report.mkdir(exist_ok=True)
     splits.to_csv(report / "splits.csv", index=False)
@@ -171,6 +190,7 @@ def _write_artifacts(out_dir: Path, spec: CVSpec, splits: pd.DataFrame, per_fold
         "model": spec.name, "method": spec.method, "parent_run_id": run_id, "selected_fold": best_fold,
         "selection": selection, "summary": summary,
         "per_fold": json.loads(per_fold.to_json(orient="records")),
+        "calibration": {str(k): v for k, v in calibrations.items()},  # per fold, fitted on its validation slides
     })
 
 
