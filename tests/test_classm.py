@@ -22,6 +22,16 @@ from slidemil.models.classm_losses import (
     soft_cross_entropy,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a loaded 2-core machine more threads make these small steps ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # BatchNorm of two values a < b gives -1, +1 up to eps: 1 / sqrt(1 + 1e-5)
 UNIT = 1.0 / math.sqrt(1.0 + 1e-5)
 
@@ -98,3 +108,90 @@ def test_ema_update():
     assert ema.weight.item() == pytest.approx(0.1)
     with pytest.raises(ValueError):
         ema_update(ema, model, 1.0)
+
+
+def test_ema_decay_warms_up():
+    from slidemil.models.classm_losses import ema_decay_at
+
+    assert ema_decay_at(0) == pytest.approx(0.1)
+    assert ema_decay_at(90) == pytest.approx(0.91)
+    assert ema_decay_at(10**6) == 0.999
+
+
+# ---- the model ------------------------------------------------------------------------------------------
+def test_one_channel_conv1_is_the_sum_of_the_rgb_kernels():
+    from slidemil.encoders import build_encoder
+    from slidemil.models.classm import ClassMConfig, ClassMNet
+
+    cfg = ClassMConfig(n_classes=3, seed=4)
+    net = ClassMNet(cfg)
+    rgb = build_encoder("resnet18", weights="random", seed=4).backbone.conv1.weight
+    assert net.enc_h.conv1.weight.shape == (64, 1, 7, 7)
+    torch.testing.assert_close(net.enc_h.conv1.weight, rgb.sum(1, keepdim=True))
+    # a grey image through the summed kernel = the same image replicated in 3 channels through the RGB kernel
+    grey = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(net.enc_h.conv1(grey), torch.nn.functional.conv2d(grey.repeat(1, 3, 1, 1), rgb,
+                                                                                 stride=2, padding=3))
+    logits, f_h, f_e = net.eval()(grey, grey)
+    assert logits.shape == (1, 3) and f_h.shape == f_e.shape == (1, 512)
+    assert not torch.equal(f_h, f_e)  # the two encoders start from different random draws
+    with pytest.raises(ValueError, match="views"):
+        ClassMConfig(views="hsv")
+    with pytest.raises(ValueError, match="unknown ClassMConfig"):
+        ClassMConfig.from_dict({"lamda_c": 0.1})
+
+
+# ---- tile training ---------------------------------------------------------------------------------------
+def colour_tiles(n: int, rng: np.random.Generator, px: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Two separable tile classes: class 0 red-dominant, class 1 green-dominant, with noise."""
+    y = np.arange(n) % 2
+    rgb = rng.integers(40, 120, size=(n, px, px, 3)).astype(np.int64)
+    rgb[y == 0, ..., 0] += 120
+    rgb[y == 1, ..., 1] += 120
+    return rgb.clip(0, 255).astype(np.uint8), y
+
+
+def tile_data(n: int, seed: int, labelled: int | None = None):
+    from slidemil.training.tiles import TileData
+
+    rgb, y = colour_tiles(n, np.random.default_rng(seed))
+    labels = y.copy()
+    if labelled is not None:
+        labels[labelled:] = -1
+    return TileData(rgb, labels, [None] * n, np.array([f"g{i // 4}" for i in range(n)]))
+
+
+def classm_method(**over):
+    from slidemil.methods import get_method
+
+    cfg = {"views": "rg", "input_px": 32, "crop_pad": 2, "epochs": 3, "steps_per_epoch": 4, "batch_labelled": 4,
+           "batch_unlabelled": 4, "lr": 1e-3, "optimizer": "adam", **over}
+    return get_method("class_m")(get_method("class_m").resolve_config(cfg, n_classes=2, feature_dims={}))
+
+
+def test_train_tiles_learns_separable_tiles_and_selects_on_balanced_accuracy():
+    from slidemil.training.tiles import train_tiles
+
+    method = classm_method()
+    assert method.trains_on == "tiles" and method.input_dims() == {}
+    seen = []
+    res = train_tiles(method, tile_data(48, 0, labelled=8), tile_data(16, 1), ["red", "green"],
+                      test=tile_data(16, 2), on_epoch=lambda e, row: seen.append((e, row)))
+    assert [e for e, _ in seen] == [0, 1, 2]
+    assert {"train_loss_x", "train_loss_u", "train_loss_c", "val_balanced_accuracy", "val_f1_red"} <= set(seen[0][1])
+    assert seen[0][1]["train_lambda_u"] < 7.5 * 3 / 16  # still ramping
+    best = max(row["val_balanced_accuracy"] for _, row in seen)
+    assert res.val["balanced_accuracy"] == best
+    assert res.test["balanced_accuracy"] >= 0.75
+    assert np.asarray(res.test_confusion).sum() == 16
+
+
+def test_supervised_baseline_uses_only_labelled_tiles():
+    from slidemil.training.tiles import train_tiles
+
+    method = classm_method(batch_unlabelled=0, lambda_c=0.0, mixup_alpha=0.0, epochs=1)
+    seen = []
+    train_tiles(method, tile_data(24, 0, labelled=8), tile_data(8, 1), ["red", "green"],
+                on_epoch=lambda e, row: seen.append(row))
+    assert "train_loss_u" not in seen[0] and "train_loss_c" not in seen[0]
+    assert seen[0]["train_lambda"] == 1.0  # no MixUp

@@ -93,6 +93,13 @@ def lambda_u_ramp(epoch: float, lambda_u: float = 7.5, ramp_epochs: float = 16.0
     return float(lambda_u) * min(1.0, max(0.0, float(epoch)) / float(ramp_epochs))
 
 
+def ema_decay_at(step: int, decay: float = 0.999) -> float:
+    """Decay used at update ``step`` (0-based): min(decay, (1 + step) / (10 + step)), the usual warm-up, so
+    the average follows the model in short runs instead of staying at the random initialisation for the
+    ~1 / (1 - decay) steps a constant 0.999 needs."""
+    return min(float(decay), (1.0 + step) / (10.0 + step))
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float = 0.999) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm statistics) are copied."""
     if not 0.0 <= decay < 1.0 or math.isnan(decay):
