@@ -229,6 +229,14 @@ def qc_images(project: Project) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
 
 
+def stain_qc_images(project: Project) -> dict[str, Path]:
+    """The `stains` stage's QC panels (RGB | H | E), ``<stains.out_dir>/qc/<slide>.png``."""
+    if project.get("stains.out_dir") is None:
+        return {}
+    folder = project.path("stains.out_dir") / "qc"
+    return {p.stem: p for p in sorted(folder.glob("*.png"))} if folder.is_dir() else {}
+
+
 # ---- MLflow ---------------------------------------------------------------------------------------------
 @dataclass
 class RunInfo:

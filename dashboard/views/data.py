@@ -1,4 +1,5 @@
-"""Data: the latest manifest validation report, the tiling summary and the tissue QC thumbnails."""
+"""Data: the latest manifest validation report, the tiling summary, the tissue QC thumbnails and the per-slide
+stain matrices with their QC panels."""
 
 from __future__ import annotations
 
@@ -73,3 +74,22 @@ else:
     grid = st.columns(4)
     for i, (sid, path) in enumerate(shown):
         grid[i % 4].image(str(path), caption=sid, width="stretch")
+
+# ---- stain separation ------------------------------------------------------------------------------------
+st.subheader("Stain separation")
+stains = da.read_json(project.path("stains.summary")) if project.get("stains.summary") else None
+panels = da.stain_qc_images(project)
+if stains is None or not panels:
+    st.info(f"No stain matrices yet (`{project.get('stains.out_dir')}/`). Run `dvc repro` (stage `stains`).")
+else:
+    slides = stains.get("slides") or {}
+    pick = st.selectbox("Slide", list(panels), key="stain_slide")
+    st.image(str(panels[pick]), caption=f"{pick}: tiles as RGB | hematoxylin | eosin", width="content")
+    m = slides.get(pick)
+    if m:
+        st.dataframe(pd.DataFrame(m["vectors"], index=["hematoxylin", "eosin"], columns=["R", "G", "B"])
+                     .assign(max_concentration=m["max_concentrations"]))
+        st.caption(f"{m['source']} matrix from {m['n_pixels']} sampled tissue pixels")
+    if stains.get("n_fallback"):
+        st.warning(f"{stains['n_fallback']} slide(s) had too little tissue and use the reference H&E matrix: "
+                   + ", ".join(s for s, r in slides.items() if r.get("source") == "fallback"))
