@@ -21,7 +21,7 @@ mixed batch, and pseudo-labels come from the training model under no gradient.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +41,7 @@ from slidemil.models.classm_losses import (
     pseudo_labels,
     soft_cross_entropy,
 )
-
-if TYPE_CHECKING:
-    from slidemil.stains import StainMatrix
+from slidemil.stains import StainMatrix, separate
 
 PIXELS = "tile_pixels"
 STAINS = "stains"
@@ -105,8 +103,6 @@ def make_views(rgb: np.ndarray, matrices: Sequence[StainMatrix | None], config: 
     if augment:
         x = color_jitter(x, config.color_jitter, gen)
     if config.views == "he":
-        from slidemil.stains import separate
-
         if len(matrices) != rgb.shape[0] or any(m is None for m in matrices):
             raise ValueError("stain-separated views need one stain matrix per tile")
         jittered = np.rint(x.permute(0, 2, 3, 1).numpy() * 255.0).astype(np.uint8)
