@@ -195,3 +195,107 @@ def test_supervised_baseline_uses_only_labelled_tiles():
                 on_epoch=lambda e, row: seen.append(row))
     assert "train_loss_u" not in seen[0] and "train_loss_c" not in seen[0]
     assert seen[0]["train_lambda"] == 1.0  # no MixUp
+
+
+# ---- tile labels ----------------------------------------------------------------------------------------
+def square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def annotations() -> dict:
+    """QuPath-style export: a Tumor square, a Necrosis square drawn later on top of part of it, a
+    MultiPolygon of Stroma, an unmapped class and a point (both ignored)."""
+    def feat(geom, name):
+        return {"type": "Feature", "geometry": geom,
+                "properties": {"objectType": "annotation", "classification": {"name": name, "color": [1, 2, 3]}}}
+    return {"type": "FeatureCollection", "features": [
+        feat({"type": "Polygon", "coordinates": [square(0, 0, 400, 400)]}, "Tumor"),
+        feat({"type": "Polygon", "coordinates": [square(200, 200, 400, 400)]}, "Necrosis"),
+        feat({"type": "MultiPolygon", "coordinates": [[square(600, 0, 700, 100)], [square(800, 0, 900, 100)]]},
+             "Stroma"),
+        feat({"type": "Polygon", "coordinates": [square(0, 600, 100, 700)]}, "Ignore*"),
+        feat({"type": "Point", "coordinates": [50, 50]}, "Tumor"),
+    ]}
+
+
+def test_tile_classes_from_qupath_annotations():
+    from slidemil.store.tile_labels import TileLabelConfig, tile_classes
+
+    cfg = TileLabelConfig(class_names=("normal", "tumour", "necrosis", "stroma"),
+                          class_map={"Tumor": "tumour", "Necrosis": "necrosis", "Stroma": "stroma"})
+    # tiles of 100 px: centres at (50, 50) tumour, (250, 250) necrosis on top, (350, 50) tumour, (650, 50) and
+    # (850, 50) stroma (both MultiPolygon parts), (50, 650) unmapped class -> background, (1050, 50) background
+    coords = np.array([[0, 0], [200, 200], [300, 0], [600, 0], [800, 0], [0, 600], [1000, 0]])
+    got = tile_classes(coords, 100, annotations(), cfg)
+    assert got.tolist() == [1, 2, 1, 3, 3, 0, 0]
+    unannotated = TileLabelConfig(class_names=cfg.class_names, class_map=cfg.class_map, background="")
+    assert tile_classes(coords, 100, annotations(), unannotated).tolist() == [1, 2, 1, 3, 3, -1, -1]
+    with pytest.raises(ValueError, match="FeatureCollection"):
+        tile_classes(coords, 100, {"type": "Feature"}, cfg, source="s1.geojson")
+    with pytest.raises(ValueError, match="background"):
+        TileLabelConfig(class_names=("a", "b"), background="normal")
+
+
+def test_demo_ground_truth_gives_tile_labels():
+    """The demo's tumour GeoJSON gives the same tile classes as its tumour mask at each tile centre."""
+    from slidemil.demo.dataset import SyntheticSlideSpec, tumour_geojson, tumour_mask
+    from slidemil.store.tile_labels import TileLabelConfig, tile_classes
+
+    spec = SyntheticSlideSpec("s1", "c1", "subtype_a", 2048, 1536, 0.5, seed=3, tumour_fraction=0.2)
+    scene = spec.scene()
+    gt = tumour_geojson(scene, spec.mpp)
+    mask = tumour_mask(scene, spec) > 0
+    px = 128
+    ys, xs = np.mgrid[0:spec.height_px // px, 0:spec.width_px // px]
+    coords = np.stack([xs.ravel(), ys.ravel()], 1) * px
+    cfg = TileLabelConfig(class_names=("normal", "tumour"), class_map={"Tumor": "tumour"})
+    got = tile_classes(coords, px, gt, cfg)
+    centre = (coords + px // 2) // spec.mask_downsample
+    expected = mask[centre[:, 1], centre[:, 0]].astype(int)
+    assert expected.sum() > 0 and (got == expected).mean() >= 0.98
+
+
+def test_draw_labelled_fraction_and_count():
+    from slidemil.store.tile_labels import draw_labelled
+
+    classes = np.array([0] * 40 + [1] * 20 + [-1] * 10)
+    lab = draw_labelled(classes, 2, fraction=0.05, seed=3)
+    assert int(lab[classes == 0].sum()) == 2 and int(lab[classes == 1].sum()) == 1 and not lab[classes < 0].any()
+    assert (draw_labelled(classes, 2, fraction=0.05, seed=3) == lab).all()  # seeded
+    lab = draw_labelled(classes, 2, fraction=0.5, count=5, seed=0)
+    assert int(lab[classes == 0].sum()) == 5 and int(lab[classes == 1].sum()) == 5
+
+
+def test_tile_labels_layer_round_trip(tmp_path):
+    from slidemil.store.layers import LayerError
+    from slidemil.store.tile_labels import (
+        TileLabelConfig,
+        make_tile_labels,
+        read_tile_labels,
+        write_tile_labels,
+    )
+
+    cfg = TileLabelConfig(class_names=("normal", "tumour"), class_map={"Tumor": "tumour"}, count=1, seed=0)
+    coords = np.array([[0, 0], [100, 0], [1000, 0], [1100, 0]])
+    labels = make_tile_labels(coords, 100, annotations(), cfg)
+    assert labels.class_index.tolist() == [1, 1, 0, 0] and labels.labelled.sum() == 2
+    path = write_tile_labels(tmp_path / "s1.h5", labels, config=cfg, source="s1.geojson", tiles_digest="abc")
+    back = read_tile_labels(path, tiles_digest="abc")
+    assert back.class_names == ("normal", "tumour")
+    assert back.training_labels().tolist() == np.where(labels.labelled, labels.class_index, -1).tolist()
+    with pytest.raises(LayerError, match="other tiles"):
+        read_tile_labels(path, tiles_digest="other")
+
+
+def test_group_split_keeps_groups_whole_and_every_class_in_every_split():
+    from slidemil.store.tile_labels import group_split
+
+    groups = np.repeat([f"g{i}" for i in range(30)], 4)
+    strata = np.repeat(np.arange(30) % 3, 4)
+    parts = group_split(groups, strata, {"val": 0.1, "test": 0.2, "train": 0.7}, seed=0)
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(120))
+    seen = {name: set(groups[rows]) for name, rows in parts.items()}
+    assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["val"]) and not (seen["val"] & seen["test"])
+    for rows in parts.values():
+        assert set(strata[rows]) == {0, 1, 2}
+    assert [len(seen[n]) for n in ("val", "test", "train")] == [3, 6, 21]
