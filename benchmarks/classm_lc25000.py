@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from slidemil.store.tile_labels import group_split
+
 VARIANTS: dict[str, dict] = {
     "CLASS-M": {},
     "supervised (labelled only)": {"batch_unlabelled": 0, "lambda_c": 0.0, "mixup_alpha": 0.0},
@@ -59,20 +61,6 @@ def load(root: Path, px: int) -> dict:
     return {"rgb": small, "labels": table["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(),
             "groups": table["group"].to_numpy(), "matrices": [matrices[g] for g in table["group"]],
             "n_fallback": sum(m.source != FITTED for m in matrices.values()), "n_groups": len(matrices)}
-
-
-def group_split(labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """70 / 10 / 20 % of each class's groups -> train / val / test tile rows."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list] = {"train": [], "val": [], "test": []}
-    for c in np.unique(labels):
-        gs = np.unique(groups[labels == c])
-        rng.shuffle(gs)
-        n_val, n_test = max(1, round(0.1 * gs.size)), max(1, round(0.2 * gs.size))
-        chosen = {"val": gs[:n_val], "test": gs[n_val:n_val + n_test], "train": gs[n_val + n_test:]}
-        for name, sel in chosen.items():
-            parts[name].extend(np.flatnonzero(np.isin(groups, sel) & (labels == c)).tolist())
-    return {k: np.sort(np.array(v)) for k, v in parts.items()}
 
 
 def subsample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -122,15 +110,15 @@ def run_one(job: tuple[str, int, dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=shared_root() / "lc25000_dev")
-    ap.add_argument("--px", type=int, default=48)
+    ap.add_argument("--px", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=8, help="optimisation steps per epoch")
     ap.add_argument("--ramp-epochs", type=float, default=3.0)
     ap.add_argument("--batch", type=int, default=8, help="labelled and unlabelled tiles per step (each)")
     ap.add_argument("--label-frac", type=float, default=0.05)
     ap.add_argument("--pool", type=int, default=600, help="unlabelled tiles kept per run")
-    ap.add_argument("--val-tiles", type=int, default=120)
-    ap.add_argument("--test-tiles", type=int, default=450)
+    ap.add_argument("--val-tiles", type=int, default=90)
+    ap.add_argument("--test-tiles", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
@@ -139,7 +127,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     _DATA.update(load(args.data, args.px))
-    split = group_split(_DATA["labels"], _DATA["groups"])
+    split = group_split(_DATA["groups"], _DATA["labels"], {"val": 0.1, "test": 0.2, "train": 0.7}, seed=0)
     split["val"] = subsample(split["val"], args.val_tiles, 1)
     split["test"] = subsample(split["test"], args.test_tiles, 2)
     _DATA.update(split=split, label_frac=args.label_frac, pool=args.pool)

@@ -299,3 +299,99 @@ def test_group_split_keeps_groups_whole_and_every_class_in_every_split():
     for rows in parts.values():
         assert set(strata[rows]) == {0, 1, 2}
     assert [len(seen[n]) for n in ("val", "test", "train")] == [3, 6, 21]
+
+
+# ---- H/E views, the method on a slide, bundle, GeoJSON, MLflow ---------------------------------------------
+@pytest.fixture(scope="module")
+def he_tiles(shared_data):
+    """32 px tiles cut from a real H&E image and its fitted stain matrix."""
+    import cv2
+
+    from slidemil.stains import fit_stain_matrix, sample_pixels
+
+    image = cv2.cvtColor(cv2.imread(str(shared_data / "images" / "tiatoolbox_target_image.png")), cv2.COLOR_BGR2RGB)
+    matrix = fit_stain_matrix(sample_pixels([image], 10), name="tiatoolbox_target_image")
+    tiles = [image[y:y + 128, x:x + 128] for y in range(0, 512, 128) for x in range(0, 512, 128)]
+    small = np.stack([cv2.resize(t, (32, 32), interpolation=cv2.INTER_AREA) for t in tiles])
+    coords = np.array([[x, y] for y in range(0, 512, 128) for x in range(0, 512, 128)], dtype=np.int64)
+    return small, coords, matrix
+
+
+def test_he_views_are_the_stain_separation_then_normalised(he_tiles):
+    from slidemil.methods.classm import make_views
+    from slidemil.models.classm import ClassMConfig
+    from slidemil.stains import separate
+
+    rgb, _, matrix = he_tiles
+    cfg = ClassMConfig(input_px=32)
+    h, e = make_views(rgb, [matrix] * len(rgb), cfg, augment=False)
+    h8, e8 = separate(rgb, matrix)
+    torch.testing.assert_close(h[:, 0], (torch.from_numpy(h8).float() / 255 - 0.5) / 0.5)
+    torch.testing.assert_close(e[:, 0], (torch.from_numpy(e8).float() / 255 - 0.5) / 0.5)
+    g = torch.Generator().manual_seed(0)
+    ha, ea = make_views(rgb, [matrix] * len(rgb), cfg, augment=True, gen=g)
+    assert ha.shape == h.shape and not torch.equal(ha, h) and not torch.equal(ha, ea)
+    assert ha.min() >= -1.0 and ha.max() <= 1.0
+    with pytest.raises(ValueError, match="one stain matrix per tile"):
+        make_views(rgb, [None] * len(rgb), cfg, augment=False)
+    with pytest.raises(ValueError, match="32 px"):
+        make_views(rgb[:, :16, :16], [matrix] * len(rgb), cfg, augment=False)
+
+
+def test_class_m_bundle_scores_a_slide_with_per_class_maps_and_exports_qupath_geojson(he_tiles, tmp_path):
+    from slidemil.bundle import BundleSpec, ModelBundle
+    from slidemil.evaluation.tile_geojson import class_map_geojson
+    from slidemil.methods import SlideData, TileSetView
+    from slidemil.scoring import BundleScorer
+
+    rgb, coords, matrix = he_tiles
+    method = classm_method(views="he")
+    model = method.build_model().eval()
+    classes = ["normal", "tumour"]
+    spec = BundleSpec(method="class_m", method_config=method.config.to_dict(), class_names=classes,
+                      components={"encoders": {}, "stain_fitter": {"name": "macenko_per_slide"}},
+                      tile_sets=["tiles"], tiling={"tile_px": 128, "target_mpp": 0.5})
+    folder = ModelBundle(spec, model.state_dict()).save(tmp_path / "bundle")
+    slide = SlideData("he1", None, {"tiles": TileSetView(coords, 128)}, {}, {"tile_pixels": rgb, "stains": matrix})
+    scored = BundleScorer(ModelBundle.load(folder)).score(slide)
+    probs = method.tile_probabilities(model, rgb, [matrix] * len(rgb))
+    assert [la.name for la in scored.layers] == [f"p_{classes[scored.label_index]}",
+                                                 f"p_{classes[1 - scored.label_index]}"]
+    assert all(la.kind == "probability" and not la.relative for la in scored.layers)
+    by_class = {la.class_name: la.values for la in scored.layers}
+    np.testing.assert_allclose(by_class["tumour"], probs[:, 1], atol=1e-5)
+    assert scored.probabilities["tumour"] == pytest.approx(float(probs[:, 1].mean()), abs=1e-5)
+
+    gj = class_map_geojson(coords, 128, probs, classes, "he1")
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == len(coords)
+    f0 = gj["features"][0]
+    assert f0["geometry"]["type"] == "Polygon" and len(f0["geometry"]["coordinates"][0]) == 5
+    import uuid
+
+    uuid.UUID(f0["id"])
+    assert f0["properties"]["classification"]["name"] == classes[int(probs[0].argmax())]
+    assert set(f0["properties"]["measurements"]) == {"p_normal", "p_tumour"}
+    with pytest.raises(ValueError, match="stain matrix"):
+        method.predict(model, SlideData("he1", None, {"tiles": TileSetView(coords, 128)}, {}, {"tile_pixels": rgb}))
+
+
+def test_tile_fit_is_logged_to_mlflow(tmp_path, monkeypatch):
+    import mlflow
+
+    from slidemil.tracking import setup_tracking
+    from slidemil.training.run_log import MlflowRunLog
+    from slidemil.training.tiles import log_tile_fit, train_tiles
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    setup_tracking(tmp_path, "classm-test")
+    method = classm_method(epochs=2, steps_per_epoch=1)
+    res = train_tiles(method, tile_data(24, 0, labelled=8), tile_data(8, 1), ["red", "green"], test=tile_data(8, 2))
+    log = MlflowRunLog()
+    with log.run("class_m") as run_id:
+        log_tile_fit(log, res, ["red", "green"], {"method": "class_m", "views": "rg"})
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["test_balanced_accuracy"] == pytest.approx(res.test["balanced_accuracy"])
+    assert {"test_precision_red", "test_recall_green", "test_f1_red", "val_balanced_accuracy"} <= set(run.data.metrics)
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val_balanced_accuracy")
+    assert len(history) == 2
+    assert "test_confusion.json" in [a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)]

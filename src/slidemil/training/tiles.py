@@ -10,9 +10,12 @@ with the selected state.
 from __future__ import annotations
 
 import copy
+import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,7 @@ import torch
 
 from slidemil.evaluation.metrics import confusion, tile_metrics
 from slidemil.models.classm_losses import ema_decay_at, ema_update
+from slidemil.training.run_log import MlflowRunLog
 
 UNLABELLED = -1
 
@@ -133,3 +137,22 @@ def train_tiles(method, train: TileData, val: TileData, class_names: Sequence[st
         result.test_confusion = cm.tolist()
     result.wall_s = time.perf_counter() - start
     return result
+
+
+def log_tile_fit(log: MlflowRunLog, result: TileFitResult, class_names: Sequence[str],
+                 params: dict[str, Any]) -> None:
+    """Params, per-epoch train / validation metrics, the selected epoch, test tile metrics (balanced accuracy,
+    per-class precision / recall / F1) and the test confusion matrix (artifact ``test_confusion.json``, rows =
+    truth) into the active MLflow run."""
+    log.params(params)
+    for epoch, row in enumerate(result.history):
+        log.metrics(row, step=epoch)
+    log.metrics({"best_epoch": float(result.best_epoch), "wall_s": result.wall_s,
+                 **{f"best_val_{k}": v for k, v in result.val.items()},
+                 **{f"test_{k}": v for k, v in result.test.items()}})
+    if result.test_confusion:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "test_confusion.json"
+            path.write_text(json.dumps({"class_names": list(class_names), "rows_truth_cols_predicted":
+                                        result.test_confusion}, indent=2))
+            log.artifact(str(path))
