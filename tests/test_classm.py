@@ -3,7 +3,9 @@ and the registered method (methods.md section C)."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -395,3 +397,61 @@ def test_tile_fit_is_logged_to_mlflow(tmp_path, monkeypatch):
     history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val_balanced_accuracy")
     assert len(history) == 2
     assert "test_confusion.json" in [a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)]
+
+
+# ---- the DVC stage on a tiny demo cohort -------------------------------------------------------------------
+@pytest.mark.slow
+def test_classm_stage_on_a_tiny_demo_cohort(tmp_path, monkeypatch):
+    """9 one-slide cases (3 per label: one train, val and test case each), tiled, stains fitted, then the stage:
+    a tile_labels layer per slide from the demo ground truth, an MLflow run, a loadable bundle, a class-map
+    GeoJSON per test slide and the metrics report."""
+    import yaml
+
+    from pipelines import classm as stage
+    from pipelines import stains as stains_stage
+    from slidemil.bundle import ModelBundle
+    from slidemil.data.manifest import read_manifest
+    from slidemil.data.tile_batch import SlideJob, TileOutputs, tile_slides
+    from slidemil.demo.dataset import generate_demo_dataset
+    from slidemil.slides.tiling import TilingParams
+    from slidemil.slides.tissue import TissueParams
+    from slidemil.store.tile_labels import read_tile_labels
+
+    generate_demo_dataset(tmp_path / "demo", n_cases=9, slides_per_case=1, width_um=500, height_um=400, seed=5,
+                          workers=1, progress=False)
+    manifest = read_manifest(tmp_path / "demo" / "manifest.csv")
+    jobs = [SlideJob(r.slide_id, r.abs_path) for r in manifest.itertuples()]
+    tile_slides(jobs, TilingParams(tile_px=128, target_mpp=0.5), TissueParams(a_t=0.05, a_h=0.05),
+                TileOutputs(tmp_path / "tiles", tmp_path / "tissue", tmp_path / "qc"), workers=1, progress=False)
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["validate"]["manifest_out"] = str(tmp_path / "demo" / "manifest.csv")
+    params["tile"]["tiles_dir"] = str(tmp_path / "tiles")
+    params["features"]["out_dir"] = str(tmp_path / "features")
+    params["stains"].update(out_dir=str(tmp_path / "stains"), summary=str(tmp_path / "stains.json"))
+    params["train"]["splits"].update(folds=1, val_frac=0.34, test_frac=0.34)
+    params["classm"].update(labels_dir=str(tmp_path / "tile_labels"), out_dir=str(tmp_path / "classm"),
+                            metrics=str(tmp_path / "classm.json"), max_train_tiles=24)
+    params["classm"]["model"].update(epochs=2, steps_per_epoch=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("SLIDEMIL_PARAMS", str(tmp_path / "params.yaml"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert stains_stage.main() == 0
+    assert stage.main() == 0
+
+    report = json.loads((tmp_path / "classm.json").read_text())
+    assert {r["split"] for r in report["slides"].values()} == {"train", "val", "test"}
+    assert 0.0 <= report["test"]["balanced_accuracy"] <= 1.0 and report["seconds"]["total"] > 0
+    tumour_slides = set(manifest.loc[manifest.label != "normal", "slide_id"])
+    for sid in manifest.slide_id:
+        labels = read_tile_labels(tmp_path / "tile_labels" / f"{sid}.h5")
+        if sid not in tumour_slides:
+            assert (labels.class_index == 0).all()  # normal slides have no tumour annotation
+    assert sum((read_tile_labels(tmp_path / "tile_labels" / f"{s}.h5").class_index == 1).sum()
+               for s in tumour_slides) > 0
+    method, _ = ModelBundle.load(tmp_path / "classm" / "bundle").build()
+    assert method.name == "class_m"
+    test_ids = [s for s, r in report["slides"].items() if r["split"] == "test"]
+    for sid in test_ids:
+        gj = json.loads((tmp_path / "classm" / "geojson" / f"{sid}.geojson").read_text())
+        assert len(gj["features"]) == report["slides"][sid]["tiles"]
+        assert set(gj["features"][0]["properties"]["measurements"]) == {"p_normal", "p_tumour"}
