@@ -185,10 +185,12 @@ def test_normalise_moves_source_stains_to_the_target(shared_data):
         angles = np.degrees(np.arccos(np.clip((a.vectors * b.vectors).sum(1), -1, 1)))
         return float(angles.max()), float(np.abs(np.log(a.max_concentrations / b.max_concentrations)).max())
 
+    # measured: stain vectors 6.6 / 31.8 degrees apart before, 0.9 / 0.4 after; maxima ratios 1.12 / 0.45
+    # before, 1.02 / 0.93 after
     angle_before, scale_before = gap(source, target)
     angle_after, scale_after = gap(after, target)
-    assert angle_before > 20 and angle_after < angle_before / 3  # measured in the report
-    assert scale_after < scale_before / 2
+    assert angle_before > 20 and angle_after < 3
+    assert scale_before > 0.5 and scale_after < np.log(1.15)
     # the target normalised to itself changes only by the light off the H/E plane (measured: median 2,
     # mean 3.9, 99th percentile 18 grey levels)
     same = np.abs(normalise(target_img, target, target).astype(int) - target_img.astype(int))
@@ -215,3 +217,11 @@ def test_fit_slide_stains_reads_tiles_and_matches_the_region_fit(slides_dir, cmu
     assert few.n_pixels < m.n_pixels and angles[0] < 8 and angles[1] < 4
     np.testing.assert_array_equal(sampled_tiles(10, 0), np.arange(10))
     np.testing.assert_array_equal(sampled_tiles(10, 4), [0, 3, 6, 9])
+
+
+def test_params_yaml_holds_every_fit_constant_at_the_papers_defaults():
+    from pipelines.common import load_params
+
+    fit = load_params()["stains"]["fit"]
+    assert set(fit) == set(StainConfig().to_dict())
+    assert StainConfig.from_dict(fit) == StainConfig()

@@ -1,4 +1,5 @@
-"""Per-slide H&E stain separation (Macenko et al. 2009, adapted per slide as in CLASS-M, methods.md section C).
+"""Per-slide H&E stain separation (Macenko et al. 2009, adapted per slide as in CLASS-M:
+methods.md section C, "Adaptive stain separation").
 
 One stain matrix per slide is fitted from pixels sampled across its tissue tiles (:func:`fit_stain_matrix`,
 :func:`fit_slide_stains`), cached as the ``stains`` store layer (:mod:`.layer`) and then applied to any tile:

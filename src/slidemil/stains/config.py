@@ -20,7 +20,7 @@ class StainConfig(StrictConfig):
     channel. With I0 = 255 the channel cut needs every channel below 181, which pale eosin and weakly
     blue-absorbing tissue fail: on ``torchstain_source.png`` it keeps 53 of 2,500 samples and its vectors
     move by up to 0.49 when the sampling grid shifts by a few pixels; the radial cut keeps 1,761 and moves
-    by 0.007 (docs/methods.md, "Adaptive stain separation").
+    by 0.007 (methods.md section C, "Adaptive stain separation").
     """
 
     sample_step: int = 10  # every sample_step-th pixel in x and y of each tissue tile
