@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -28,6 +27,7 @@ from slidemil.data.manifest import read_manifest
 from slidemil.data.splits import SplitConfig, make_splits
 from slidemil.evaluation.tile_geojson import class_map_geojson
 from slidemil.methods import get_method
+from slidemil.methods.classm import read_tile_pixels
 from slidemil.slides import open_slide
 from slidemil.stains.layer import KIND as STAINS
 from slidemil.stains.layer import read_stains
@@ -42,14 +42,12 @@ from slidemil.utils.geojson import write_geojson
 
 
 def slide_tiles(store: SlideStore, sid: str, px: int, rows: np.ndarray | None = None):
-    """The slide's tile set, the chosen rows' RGB downscaled to ``px`` and its stain matrix."""
+    """The slide's tile set, the chosen rows' RGB at ``px`` and its stain matrix."""
     tiles = store.tile_set(sid)
     rows = np.arange(len(tiles)) if rows is None else rows
     with open_slide(tiles.slide_path, slide_id=sid, mpp=tiles.geometry.slide_mpp) as reader:
-        rgb = [cv2.resize(reader.read_tile(tuple(int(v) for v in tiles.coords[i]), tiles.geometry), (px, px),
-                          interpolation=cv2.INTER_AREA) for i in rows]
-    matrix = read_stains(store.path(sid, STAINS), tiles_digest(tiles))
-    return tiles, np.stack(rgb) if rgb else np.zeros((0, px, px, 3), np.uint8), matrix
+        rgb = read_tile_pixels(reader, tiles.coords[rows], tiles.geometry, px)
+    return tiles, rgb, read_stains(store.path(sid, STAINS), tiles_digest(tiles))
 
 
 def main() -> int:

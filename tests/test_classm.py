@@ -413,8 +413,13 @@ def test_classm_stage_on_a_tiny_demo_cohort(tmp_path, monkeypatch):
     from slidemil.data.manifest import read_manifest
     from slidemil.data.tile_batch import SlideJob, TileOutputs, tile_slides
     from slidemil.demo.dataset import generate_demo_dataset
+    from slidemil.methods.classm import slide_data
+    from slidemil.scoring import BundleScorer
+    from slidemil.slides import open_slide
     from slidemil.slides.tiling import TilingParams
     from slidemil.slides.tissue import TissueParams
+    from slidemil.stains.layer import read_stains
+    from slidemil.store import SlideStore
     from slidemil.store.tile_labels import read_tile_labels
 
     generate_demo_dataset(tmp_path / "demo", n_cases=9, slides_per_case=1, width_um=500, height_um=400, seed=5,
@@ -448,10 +453,20 @@ def test_classm_stage_on_a_tiny_demo_cohort(tmp_path, monkeypatch):
             assert (labels.class_index == 0).all()  # normal slides have no tumour annotation
     assert sum((read_tile_labels(tmp_path / "tile_labels" / f"{s}.h5").class_index == 1).sum()
                for s in tumour_slides) > 0
-    method, _ = ModelBundle.load(tmp_path / "classm" / "bundle").build()
-    assert method.name == "class_m"
+    bundle = ModelBundle.load(tmp_path / "classm" / "bundle")
+    scorer = BundleScorer(bundle)
+    assert scorer.method.name == "class_m"
+    store = SlideStore(tmp_path / "tiles", tmp_path / "features")
     test_ids = [s for s, r in report["slides"].items() if r["split"] == "test"]
     for sid in test_ids:
         gj = json.loads((tmp_path / "classm" / "geojson" / f"{sid}.geojson").read_text())
         assert len(gj["features"]) == report["slides"][sid]["tiles"]
         assert set(gj["features"][0]["properties"]["measurements"]) == {"p_normal", "p_tumour"}
+        # the scoring path (what heatmaps / serving call) gives the same tumour map as the exported GeoJSON
+        tiles = store.tile_set(sid)
+        with open_slide(tiles.slide_path, slide_id=sid, mpp=tiles.geometry.slide_mpp) as reader:
+            data = slide_data(reader, tiles, read_stains(tmp_path / "stains" / f"{sid}.h5"),
+                              scorer.method.config.input_px)
+        scored = scorer.score(data)
+        exported = [f["properties"]["measurements"]["p_tumour"] for f in gj["features"]]
+        np.testing.assert_allclose(scored.layer("p_tumour").values, exported, atol=1e-5)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slidemil.methods.bag import Bag, SlideData
+from slidemil.methods.bag import Bag, SlideData, TileSetView
 from slidemil.methods.base import LayerSpec, Method, Param, ScoreLayer, SlidePrediction
 from slidemil.methods.registry import register_method
 from slidemil.models.classm import ClassMConfig, ClassMNet
@@ -41,11 +41,34 @@ from slidemil.models.classm_losses import (
     pseudo_labels,
     soft_cross_entropy,
 )
+from slidemil.slides.geometry import TileGeometry
+from slidemil.slides.reader import SlideReader
+from slidemil.slides.tile_set import TileSetLayer
 from slidemil.stains import StainMatrix, separate
 
 PIXELS = "tile_pixels"
 STAINS = "stains"
 _RGB_VIEWS = {"rg": (0, 1), "rb": (0, 2)}
+
+
+def read_tile_pixels(reader: SlideReader, coords: np.ndarray, geometry: TileGeometry, px: int) -> np.ndarray:
+    """(N, px, px, 3) uint8 RGB of the given tiles, each read at the tile set's resolution and resized to the
+    model's ``input_px`` (area interpolation) - what ``layers["tile_pixels"]`` holds."""
+    import cv2
+
+    out = np.zeros((len(coords), px, px, 3), np.uint8)
+    for i, (x, y) in enumerate(np.asarray(coords, dtype=np.int64).reshape(-1, 2)):
+        out[i] = cv2.resize(reader.read_tile((int(x), int(y)), geometry), (px, px), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def slide_data(reader: SlideReader, tiles: TileSetLayer, matrix: StainMatrix | None, px: int,
+               label: int | None = None) -> SlideData:
+    """A CLASS-M-ready :class:`SlideData` of one slide's ``tiles`` set: coordinates, the tiles' pixels at
+    ``px`` and the slide's stain matrix (for the scoring path: the heatmaps stage, serving, the CLI)."""
+    view = TileSetView(np.asarray(tiles.coords, dtype=np.int64), int(tiles.geometry.level0_px))
+    return SlideData(tiles.slide_id, label, {"tiles": view}, {},
+                     {PIXELS: read_tile_pixels(reader, tiles.coords, tiles.geometry, px), STAINS: matrix})
 
 
 def color_jitter(rgb: Tensor, strength: float, gen: torch.Generator) -> Tensor:
