@@ -105,3 +105,20 @@ def summarise_folds(per_fold: pd.DataFrame) -> dict[str, dict[str, float]]:
                 "n": int(vals.size),
             }
     return out
+
+
+def tile_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """Tile classification metrics (CLASS-M, methods.md section C): balanced accuracy, accuracy, and per-class
+    precision / recall / F1 as flat ``{name: value}`` (MLflow metric names, e.g. ``precision_tumour``)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_true = np.asarray(y_true, dtype=int)
+    pred = np.asarray(probs).argmax(1)
+    labels = list(range(len(class_names)))
+    p, r, f, _ = precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
+    out = {"balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+           "accuracy": float(accuracy_score(y_true, pred)),
+           "macro_f1": float(np.mean(f))}
+    for i, name in enumerate(class_names):
+        out.update({f"precision_{name}": float(p[i]), f"recall_{name}": float(r[i]), f"f1_{name}": float(f[i])})
+    return out

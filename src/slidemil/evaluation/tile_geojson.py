@@ -132,3 +132,15 @@ def _num(v: float) -> int | float:
     """Integers stay integers in the JSON (coordinates are whole pixels almost always)."""
     f = float(v)
     return int(f) if f.is_integer() else f
+
+
+def class_map_geojson(coords: np.ndarray, level0_px: float, probs: np.ndarray, class_names: Sequence[str],
+                      slide_id: str, class_colors: Mapping[str, tuple[int, int, int]] | None = None) -> dict:
+    """A tile classifier's output for QuPath: each tile classified as its most probable class, with every
+    class probability as a measurement (``p_<class>``), so measurement maps show each class map."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise ValueError(f"{slide_id}: probabilities of shape {probs.shape} for {len(class_names)} classes")
+    names = [str(c) for c in class_names]
+    return tiles_to_geojson(coords, level0_px, {f"p_{c}": probs[:, i] for i, c in enumerate(names)}, slide_id,
+                            classification=[names[i] for i in probs.argmax(1)], class_colors=class_colors)

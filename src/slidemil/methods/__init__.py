@@ -3,6 +3,7 @@
 See :mod:`slidemil.methods.base` for the contract and docs/adr/0007-method-contract-and-bundle-format-2.md for its reasons.
 """
 
+from slidemil.methods import classm as _classm  # noqa: F401  (registers class_m)
 from slidemil.methods import mil as _mil  # noqa: F401  (registers clam_sb, clam_mb, abmil, mean_pool, max_pool)
 from slidemil.methods import msa as _msa  # noqa: F401  (registers msa)
 from slidemil.methods import sammil as _sammil  # noqa: F401  (registers sam_mil)

@@ -117,6 +117,8 @@ class Method:
         search_space: config fields Optuna may change, with their default ranges (params.yaml may narrow them).
         monitor / mode: the validation metric for early stopping and checkpointing, and its direction.
         data_fields: config fields filled from the data, not from params.yaml (feature size, class count).
+        trains_on: "slides" (the bag loop of :mod:`slidemil.training.fold`) or "tiles" (a tile classifier
+            trained by :mod:`slidemil.training.tiles`, e.g. CLASS-M).
     """
 
     name: ClassVar[str] = ""
@@ -127,6 +129,8 @@ class Method:
     monitor: ClassVar[str] = "val_loss"
     mode: ClassVar[Literal["min", "max"]] = "min"
     data_fields: ClassVar[tuple[str, ...]] = ("in_dim", "n_classes")
+    #: "slides" = trained by the slide-bag loop (training.fold); "tiles" = a tile classifier with its own loop
+    trains_on: ClassVar[Literal["slides", "tiles"]] = "slides"
 
     def __init__(self, config: Any) -> None:
         if isinstance(config, Mapping):
