@@ -29,14 +29,15 @@ def main() -> int:
     try:
         summary = extract_many([tiles_dir / f"{s}.h5" for s in slide_ids], encoder, out_dir,
                                tile_sets=tuple(f.get("tile_sets", ["tiles"])), batch_size=f["batch_size"],
-                               num_workers=f["num_workers"], device=f["device"], progress=True)
+                               num_workers=f["num_workers"], device=f["device"],
+                               precision=f.get("precision", "auto"), progress=True)
     except FeatureExtractionError as exc:
         log.error("%s", exc)
         return 1
     write_json_atomic(project_path(f["summary"]), {
         "encoder": encoder.name, "weights_id": encoder.weights_id, "feature_dim": encoder.feature_dim,
         "tile_sets": list(f.get("tile_sets", ["tiles"])),
-        "n_slides": len(slide_ids), "n_tiles": summary.n_tiles,
+        "n_slides": len(slide_ids), "n_tiles": summary.n_tiles, **summary.precision,
     })
     log.info("features: %d slides, %d tiles, %.1f tiles/s", len(slide_ids), summary.n_tiles, summary.tiles_per_s)
     return 0
