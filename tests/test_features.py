@@ -255,3 +255,20 @@ def test_one_persistent_worker_reads_every_slide_of_a_run(cmu, encoder, extracte
     assert len(pids) == 1 and pids != {str(os.getpid())}  # one worker, not the main process, for all slides
     joined = np.concatenate([read_features(tmp_path / "features" / f"s{i}.h5")[0] for i in range(3)])
     np.testing.assert_array_equal(joined, read_features(extracted[0])[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the AMP + channels_last path needs one")
+def test_cuda_amp_channels_last_features_match_cpu_fp32(cmu, extracted, tmp_path):
+    """On a GPU, auto = AMP (bf16 or fp16) + channels_last; its features stay close to the CPU fp32 ones."""
+    gpu_encoder = build_encoder("resnet18", "random", seed=0)  # the shared fixture encoder stays on the CPU
+    out = tmp_path / "cuda" / "CMU-1-Small-Region.h5"
+    st = extract_slide_features(cmu["tile_h5"], gpu_encoder, out, batch_size=8, num_workers=1, device="cuda",
+                                precision="auto", progress=False)
+    assert st.n_tiles == N_TILES
+    feats, _, attrs = read_features(out)
+    assert attrs["device"] == "cuda" and bool(attrs["channels_last"])
+    assert attrs["precision"] in ("bfloat16-autocast", "float16-autocast")
+    ref = read_features(extracted[0])[0]
+    cos = (feats * ref).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.99, cos
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), np.linalg.norm(ref, axis=1), rtol=0.05)
