@@ -320,7 +320,7 @@ def extract_run(
             yield slide_id, item
     finally:
         bar.close()
-        del stream  # shuts the workers down
+        del stream, loader  # the loader holds its persistent iterator: dropping both shuts the workers down
         dataset.close()
 
 
