@@ -42,7 +42,8 @@ def pip_config(pip: Path) -> dict[str, str]:
         rank = {"global": 0, "install": 1, ":env:": 2}.get(section)
         if rank is None or not option:
             continue
-        value = value.strip().strip("'\"")
+        # pip prints values as Python literals: multi-line values (several indexes) come with escaped newlines
+        value = value.strip().strip("'\"").replace("\\n", " ").strip()
         if option not in ranked or rank >= ranked[option][0]:
             ranked[option] = (rank, value)
     return {k: v for k, (_, v) in ranked.items()}
