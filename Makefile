@@ -2,6 +2,8 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+# uv (installed into the venv from the configured index, set up from pip's configuration); pip when it fails
+INSTALLER ?= uv
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
@@ -10,11 +12,12 @@ export MLFLOW_ENABLE_TELEMETRY := false
 
 .PHONY: setup demo test test-fast lint clean-data
 
-$(BIN)/slidemil: pyproject.toml
+$(BIN)/slidemil: pyproject.toml scripts/uv_install.py
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=/path/to/python3.11)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	@if [ "$(INSTALLER)" = uv ] && $(BIN)/python scripts/uv_install.py $(VENV) -e ".[dev]"; then :; else \
+		echo "installing with pip (INSTALLER=$(INSTALLER))"; $(BIN)/pip install --quiet -e ".[dev]"; fi
 	touch $(BIN)/slidemil
 
 # `dvc plots show` offline: the page template with vega inline (.dvc/config plots.html_template)

@@ -53,10 +53,12 @@ def run(p: dict, ranks: Ranks, device: str, log: logging.Logger) -> int:
         summary = extract_many([tiles_dir / f"{s}.h5" for s in mine], encoder, out_dir,
                                tile_sets=tuple(f.get("tile_sets", ["tiles"])), batch_size=f["batch_size"],
                                num_workers=f["num_workers"], device=device, progress=ranks.is_main,
+                               precision=f.get("precision", "auto"),
                                allow_failures=True)
     except Exception as exc:  # e.g. the device is unusable: reported like a slide failure, so no rank hangs
         summary = ExtractionSummary(failures={f"rank {ranks.rank}": f"{type(exc).__name__}: {exc}"})
-    done = gather({"n_tiles": summary.n_tiles, "seconds": summary.seconds, "failures": summary.failures})
+    done = gather({"n_tiles": summary.n_tiles, "seconds": summary.seconds, "failures": summary.failures,
+                   "precision": summary.precision})
     failures = {k: v for d in done for k, v in d["failures"].items()}
     if failures:
         if ranks.is_main:
@@ -68,7 +70,7 @@ def run(p: dict, ranks: Ranks, device: str, log: logging.Logger) -> int:
         write_json_atomic(project_path(f["summary"]), {
             "encoder": encoder.name, "weights_id": encoder.weights_id, "feature_dim": encoder.feature_dim,
             "tile_sets": list(f.get("tile_sets", ["tiles"])),
-            "n_slides": len(slide_ids), "n_tiles": n_tiles,
+            "n_slides": len(slide_ids), "n_tiles": n_tiles, **done[0]["precision"],
         })
         seconds = max(d["seconds"] for d in done)
         log.info("features: %d slides, %d tiles, %.1f tiles/s over %d process(es)", len(slide_ids), n_tiles,

@@ -62,7 +62,8 @@ def main() -> int:
                       dataset_source=str(project_path(p["features"]["out_dir"])),
                       calibration=CalibrationConfig.from_dict(p.get("calibration")))
         res = run_cross_validation(inputs.slides[["slide_id", "label"]], splits, spec, inputs.source,
-                                   project_path(t["out_dir"]) / family)
+                                   project_path(t["out_dir"]) / family,
+                                   parallel_folds=t.get("parallel_folds", 1))
         if res is None:  # a non-zero DDP rank: rank 0 reports and writes
             continue
         test = res.summary["test"]

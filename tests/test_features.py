@@ -224,3 +224,51 @@ def test_extract_many_continues_past_bad_slides_and_reports_them(cmu, encoder, t
     again = extract_many(files, encoder, out_dir, progress=False, allow_failures=True)
     assert again.stats[0].skipped and set(again.failures) == {"gone", "garbage"}
     assert sorted(p.name for p in out_dir.iterdir()) == ["good.h5"]  # failures leave nothing behind
+
+
+def _pid_logging_reader(slide_path: str, slide_mpp: float):
+    """Reader factory that records which process opened it (module-level: it pickles into workers)."""
+    import os
+
+    from slidemil.features.extract import open_reader
+
+    with open(os.environ["SLIDEMIL_TEST_PID_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return open_reader(slide_path, slide_mpp)
+
+
+def test_one_persistent_worker_reads_every_slide_of_a_run(cmu, encoder, extracted, tmp_path, monkeypatch):
+    """extract_many runs one loader for the run: the same worker process reads all slides, features unchanged."""
+    import os
+
+    pid_log = tmp_path / "pids.txt"
+    monkeypatch.setenv("SLIDEMIL_TEST_PID_LOG", str(pid_log))
+    coords = read_tile_set(cmu["tile_h5"]).coords
+    files = []
+    for i, part in enumerate((coords[:5], coords[5:6], coords[6:20])):
+        files.append(tmp_path / "tiles" / f"s{i}.h5")
+        _write_tile_file(files[-1], cmu["slide"], part, cmu["geometry"])
+    summary = extract_many(files, encoder, tmp_path / "features", batch_size=4, num_workers=1, progress=False,
+                           reader_factory=_pid_logging_reader)
+    assert [s.n_tiles for s in summary.stats] == [5, 1, 14] and summary.precision["precision"] == "float32"
+    pids = set(pid_log.read_text().split())
+    assert len(pids) == 1 and pids != {str(os.getpid())}  # one worker, not the main process, for all slides
+    joined = np.concatenate([read_features(tmp_path / "features" / f"s{i}.h5")[0] for i in range(3)])
+    np.testing.assert_array_equal(joined, read_features(extracted[0])[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the AMP + channels_last path needs one")
+def test_cuda_amp_channels_last_features_match_cpu_fp32(cmu, extracted, tmp_path):
+    """On a GPU, auto = AMP (bf16 or fp16) + channels_last; its features stay close to the CPU fp32 ones."""
+    gpu_encoder = build_encoder("resnet18", "random", seed=0)  # the shared fixture encoder stays on the CPU
+    out = tmp_path / "cuda" / "CMU-1-Small-Region.h5"
+    st = extract_slide_features(cmu["tile_h5"], gpu_encoder, out, batch_size=8, num_workers=1, device="cuda",
+                                precision="auto", progress=False)
+    assert st.n_tiles == N_TILES
+    feats, _, attrs = read_features(out)
+    assert attrs["device"] == "cuda" and bool(attrs["channels_last"])
+    assert attrs["precision"] in ("bfloat16-autocast", "float16-autocast")
+    ref = read_features(extracted[0])[0]
+    cos = (feats * ref).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.99, cos
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), np.linalg.norm(ref, axis=1), rtol=0.05)

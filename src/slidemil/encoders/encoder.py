@@ -50,10 +50,13 @@ class Encoder(nn.Module):
         self.register_buffer("_inv_std", 1.0 / torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
-    def preprocess(self, batch: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, batch: torch.Tensor,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> float32 (N, 3, input_px, input_px): resize if needed, scale to [0, 1], normalise.
 
         The whole tile is resized (no centre crop): a tile already is the field of view we want to encode.
+        ``memory_format=torch.channels_last`` returns the layout a channels-last encoder wants without a copy
+        (NHWC tiles already are channels-last).
         """
         if batch.ndim != 4 or batch.shape[-1] != 3:
             raise ValueError(
@@ -70,7 +73,7 @@ class Encoder(nn.Module):
             ).clamp_(0.0, 1.0)
         mean = self._mean.to(device=x.device)
         inv_std = self._inv_std.to(device=x.device)
-        return x.sub_(mean).mul_(inv_std).contiguous()
+        return x.sub_(mean).mul_(inv_std).contiguous(memory_format=memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

@@ -1,21 +1,23 @@
 """Tile features for whole slides: read tiles in worker processes, encode in batches, store per slide.
 
-The usual complaint about feature extraction is an idle accelerator waiting on slide I/O. So tile reading and
-JPEG decoding happen in DataLoader workers (each opens its own slide reader: readers hold C handles that
-cannot be pickled or shared across processes), tiles travel as uint8 (4x less to copy than float) and
-resizing/normalisation run batched on the encoder's device. Output is streamed into a temporary HDF5 file and
-published atomically, and a slide whose output already matches (same tiles, encoder, weights and extraction
-code) is skipped, so an interrupted run resumes where it stopped. Which tile sets are encoded is a parameter
-(``tiles`` by default; multi-scale methods also need ``parents``); they share one file per slide and encoder.
+The usual complaint about feature extraction is an idle accelerator (or CPU) waiting on slide I/O. So one
+tile stream (:mod:`.stream`) covers the whole run: DataLoader workers that persist across slides read and
+decode whole batches (each opens its own slide readers: readers hold C handles that cannot be pickled or
+shared across processes), tiles travel as uint8 (4x less to copy than float), and resizing/normalisation run
+batched on the encoder's device, in the layout and precision the hardware is fastest at
+(:mod:`slidemil.encoders.precision`). Each slide's output is streamed into a temporary HDF5 file and
+published atomically as soon as its last batch is encoded, and a slide whose output already matches (same
+tiles, encoder, weights, precision and extraction code) is skipped, so an interrupted run resumes where it
+stopped. Which tile sets are encoded is a parameter (``tiles`` by default; multi-scale methods also need
+``parents``); they share one file per slide and encoder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from slidemil.encoders.encoder import Encoder
+from slidemil.encoders.precision import Precision, choose_precision, log_choice
+from slidemil.features.stream import ReaderFactory, TileBatches, TileSegment, batch_loader, plan_batches
 from slidemil.slides.geometry import TileGeometry
 from slidemil.slides.reader import SlideReader
 from slidemil.slides.tile_set import TILES, TileSetLayer
@@ -39,7 +43,6 @@ from slidemil.utils.hashing import config_hash
 
 log = logging.getLogger(__name__)
 
-ReaderFactory = Callable[[str, float], SlideReader]
 #: tile-file attributes copied into the feature file besides the geometry
 _COPIED_TILE_ATTRS = ("width", "height", "backend", "mpp_source")
 
@@ -54,7 +57,8 @@ def open_reader(slide_path: str, slide_mpp: float) -> SlideReader:
 class TileDataset(Dataset):
     """Tiles of one slide as uint8 (tile_px, tile_px, 3) tensors, read exactly as the tile file planned them.
 
-    The reader is opened lazily in whichever process reads (main or DataLoader worker) and never pickled.
+    For callers that encode one slide they already hold open (serving); runs over many slides use the batched
+    stream of :mod:`.stream`. The reader is opened lazily in whichever process reads and never pickled.
     """
 
     def __init__(
@@ -122,10 +126,11 @@ class ExtractionStats:
 
 @dataclass
 class ExtractionSummary:
-    """Many slides: per-slide stats, and the slides that failed with their error messages."""
+    """Many slides: per-slide stats, the slides that failed with their error messages, the precision used."""
 
     stats: list[ExtractionStats] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    precision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_tiles(self) -> int:
@@ -149,10 +154,39 @@ class FeatureExtractionError(RuntimeError):
         super().__init__(f"feature extraction failed for {len(summary.failures)} slide(s):\n{lines}")
 
 
+class TileReadError(RuntimeError):
+    """Tiles of a slide could not be read (the worker's error, naming the slide)."""
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def prepare_encoder(encoder: Encoder, device: torch.device, precision: str = "fp32") -> Precision:
+    """Move ``encoder`` to ``device`` in eval mode and the chosen memory layout; returns the precision to run."""
+    prec = choose_precision(device, precision)
+    log_choice(prec, encoder.name)
+    encoder.eval().to(device)
+    if prec.channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    return prec
+
+
+def encode_batch(encoder: Encoder, batch: torch.Tensor, device: torch.device, prec: Precision) -> np.ndarray:
+    """float32 (B, d) features of one uint8 NHWC batch (encoder already prepared by :func:`prepare_encoder`)."""
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
+    with torch.inference_mode():
+        x = encoder.preprocess(batch.to(device, non_blocking=cuda), memory_format=fmt)
+        with prec.autocast():
+            y = encoder(x)
+    if y.shape != (batch.shape[0], encoder.feature_dim):
+        raise RuntimeError(
+            f"{encoder.name}: output shape {tuple(y.shape)} does not match feature_dim {encoder.feature_dim}"
+        )
+    return y.float().cpu().numpy()
 
 
 def encode_tiles(
@@ -162,136 +196,207 @@ def encode_tiles(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device = "auto",
-    amp: bool = True,
+    precision: str = "fp32",
     progress: bool = False,
     out: Any = None,
     desc: str = "",
 ) -> Any:
     """Encode every uint8 tile of ``dataset`` in order into float32 (N, d); returns ``out`` or a new array.
 
-    ``out`` may be an array or an h5py dataset of shape (N, d) (so large slides stream to disk). The encoder
-    is moved to ``device`` and set to eval mode; on CUDA it runs channels-last under fp16 autocast (when
-    ``amp``), on CPU in fp32.
+    ``out`` may be an array or an h5py dataset of shape (N, d). Runs channels-last, in ``precision``
+    (auto | fp32 | bf16, see :func:`slidemil.encoders.precision.choose_precision`).
     """
     dev = resolve_device(device)
     n = len(dataset)  # type: ignore[arg-type]
     result = np.empty((n, encoder.feature_dim), np.float32) if out is None else out
     if n == 0:
         return result
-    cuda = dev.type == "cuda"
-    encoder.eval().to(dev)
-    if cuda:
-        encoder.to(memory_format=torch.channels_last)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=cuda,
-        persistent_workers=False,
-        # No worker_init_fn: the DataLoader already gives each worker one torch thread, and calling
-        # cv2.setNumThreads in a forked worker deadlocks once the parent has used OpenCV's thread pool.
-    )
+    prec = prepare_encoder(encoder, dev, precision)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
     done = 0
-    with (
-        torch.inference_mode(),
-        tqdm(total=n, unit="tile", desc=desc, disable=not progress, leave=False) as bar,
-    ):
+    with tqdm(total=n, unit="tile", desc=desc, disable=not progress, leave=False) as bar:
         for batch in loader:
-            x = encoder.preprocess(batch.to(dev, non_blocking=cuda))
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with (
-                torch.autocast("cuda", dtype=torch.float16, enabled=amp) if cuda else contextlib.nullcontext()
-            ):
-                y = encoder(x)
-            if y.shape != (batch.shape[0], encoder.feature_dim):
-                raise RuntimeError(
-                    f"{encoder.name}: output shape {tuple(y.shape)} does not match feature_dim {encoder.feature_dim}"
-                )
-            result[done : done + y.shape[0]] = y.float().cpu().numpy()
-            done += y.shape[0]
-            bar.update(y.shape[0])
+            result[done : done + batch.shape[0]] = encode_batch(encoder, batch, dev, prec)
+            done += batch.shape[0]
+            bar.update(batch.shape[0])
     if done != n:
         raise RuntimeError(f"encoded {done} tiles, expected {n}")
     return result
 
 
-def _resume_key(tile_sets: Sequence[TileSetLayer], tile_key: str, encoder: Encoder) -> tuple[str, dict]:
+def _resume_key(tile_sets: Sequence[TileSetLayer], tile_key: str, encoder: Encoder,
+                precision: Precision) -> tuple[str, dict]:
     """The resume key of a feature file, and the readable parts it is made of (stored as attributes too)."""
     parts = {
         "tile_config_hash": tile_key,
         "encoder": encoder.name,
         "weights_id": encoder.weights_id,
         "feature_dim": encoder.feature_dim,
+        "precision": precision.name,
         "code_version": versions.feature_code_version(),
     }
     digests = {t.name: tiles_digest(t) for t in tile_sets}
     return config_hash(parts, digests), parts
 
 
-def extract_slide_features(
-    tile_h5: str | os.PathLike,
+@dataclass
+class _Job:
+    """One slide to encode: its tile sets, output, resume key and attributes, and where its batches are."""
+
+    slide_id: str
+    out_h5: Path
+    sets: list[TileSetLayer]
+    key: str
+    attrs: dict[str, Any]
+    first_segment: int = 0
+    n_batches: int = 0
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(len(t) for t in self.sets)
+
+
+def _plan(tile_h5: Path, out_h5: Path, encoder: Encoder, tile_sets: Sequence[str], prec: Precision,
+          overwrite: bool) -> _Job | ExtractionStats:
+    sets = [read_tile_set(tile_h5, name) for name in tile_sets]
+    slide = read_layer_attrs(tile_h5, TILES_KIND)
+    slide_id = str(slide["slide_id"])
+    key, parts = _resume_key(sets, str(slide.get("resume_key", "")), encoder, prec)
+    if not overwrite and is_current(out_h5, key, FEATURES_KIND):
+        log.info("%s: features up to date in %s, skipping", slide_id, out_h5)
+        n = sum(len(t) for t in sets)
+        return ExtractionStats(n, 0.0, 0.0, slide_id, skipped=True, out_path=str(out_h5))
+    attrs: dict[str, Any] = {**encoder.describe(), **prec.describe(), **parts}
+    attrs.update({k: slide[k] for k in _COPIED_TILE_ATTRS if k in slide})
+    attrs.update(slide_id=slide_id, slide_path=str(slide["slide_path"]), tile_file=str(tile_h5),
+                 device=prec.device)
+    return _Job(slide_id, out_h5, sets, key, attrs)
+
+
+def extract_run(
+    pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]],
     encoder: Encoder,
-    out_h5: str | os.PathLike,
     *,
     tile_sets: Sequence[str] = (TILES,),
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device = "auto",
-    amp: bool = True,
+    precision: str = "fp32",
     progress: bool = True,
     overwrite: bool = False,
     reader_factory: ReaderFactory = open_reader,
-) -> ExtractionStats:
-    """Encode every tile of the named ``tile_sets`` of one tile file into ``out_h5`` (one group per set; see
-    :mod:`slidemil.store.features` for the layout).
+) -> Iterator[tuple[str, ExtractionStats | Exception]]:
+    """Encode each ``(tile_h5, out_h5)`` pair through one tile stream; yields ``(slide_id, stats or error)``
+    per pair, in order, as soon as that slide's output is published (or has failed: nothing is left behind).
 
-    Skips (``skipped=True``) when ``out_h5`` is complete and was made from the same tiles with the same encoder,
-    weights and extraction code, unless ``overwrite``. A tile set with no tiles gets an empty (0, d) group
-    flagged ``empty=True``. ``n_tiles`` counts the tiles of every set encoded.
+    ``num_workers`` reading processes persist for the whole run; ``precision``: auto | fp32 | bf16.
     """
     if not tile_sets or len(set(tile_sets)) != len(tile_sets):
         raise ValueError(f"tile_sets must name distinct tile sets, got {list(tile_sets)}")
-    sets = [read_tile_set(tile_h5, name) for name in tile_sets]
-    slide = read_layer_attrs(tile_h5, TILES_KIND)
-    slide_id = str(slide["slide_id"])
-    key, parts = _resume_key(sets, str(slide.get("resume_key", "")), encoder)
-    n_total = sum(len(t) for t in sets)
-    out_h5 = Path(out_h5)
-    if not overwrite and is_current(out_h5, key, FEATURES_KIND):
-        log.info("%s: features up to date in %s, skipping", slide_id, out_h5)
-        return ExtractionStats(n_total, 0.0, 0.0, slide_id, skipped=True, out_path=str(out_h5))
-
     dev = resolve_device(device)
-    attrs: dict[str, Any] = {**encoder.describe(), **parts}
-    attrs.update({k: slide[k] for k in _COPIED_TILE_ATTRS if k in slide})
-    attrs.update(
-        slide_id=slide_id,
-        slide_path=str(slide["slide_path"]),
-        tile_file=str(tile_h5),
-        device=dev.type,
-        precision="float16-autocast" if (dev.type == "cuda" and amp) else "float32",
-    )
+    prec = prepare_encoder(encoder, dev, precision)
+    planned: list[tuple[str, _Job | ExtractionStats | Exception]] = []
+    segments: list[TileSegment] = []
+    for tile_h5, out_h5 in pairs:
+        tile_h5, out_h5 = Path(tile_h5), Path(out_h5)
+        try:
+            item = _plan(tile_h5, out_h5, encoder, tile_sets, prec, overwrite)
+        except Exception as exc:  # noqa: BLE001 - reported against this slide
+            planned.append((tile_h5.stem, exc))
+            continue
+        if isinstance(item, _Job):
+            item.first_segment = len(segments)
+            segments.extend(TileSegment(t.slide_path, t.geometry.slide_mpp, t.coords, t.geometry)
+                            for t in item.sets)
+            item.n_batches = sum(-(-len(t) // batch_size) for t in item.sets)
+        planned.append((tile_h5.stem, item))
+    tasks = plan_batches(segments, batch_size)
+    dataset = TileBatches(segments, tasks, reader_factory)
+    loader = batch_loader(dataset, num_workers=min(num_workers, len(tasks)), pin_memory=dev.type == "cuda")
+    stream = iter(loader) if tasks else iter(())
+    total = sum(j.n_tiles for _, j in planned if isinstance(j, _Job))
+    bar = tqdm(total=total, unit="tile", desc=f"features {encoder.name}", disable=not progress, leave=False)
+    try:
+        for slide_id, item in planned:
+            if isinstance(item, _Job):
+                item = _encode_job(item, stream, tasks, encoder, dev, prec, bar)
+            yield slide_id, item
+    finally:
+        bar.close()
+        del stream, loader  # the loader holds its persistent iterator: dropping both shuts the workers down
+        dataset.close()
+
+
+def _encode_job(job: _Job, stream: Iterator[dict], tasks: Sequence, encoder: Encoder, dev: torch.device,
+                prec: Precision, bar: tqdm) -> ExtractionStats | Exception:
+    """Consume exactly this job's batches from ``stream`` and publish its file; an error fails this job only."""
     start = time.perf_counter()
-    with feature_writer(out_h5, attrs, resume_key=key) as writer:
-        for tiles in sets:
-            group = {**tiles.geometry.as_attrs(), "tile_set": tiles.name, "tiles_digest": tiles_digest(tiles)}
-            ds = writer.tile_set(tiles.name, tiles.coords, encoder.feature_dim, group)
-            if len(tiles) == 0:
-                log.warning("%s: tile set %r has no tiles; writing an empty (0, %d) group",
-                            slide_id, tiles.name, encoder.feature_dim)
+    error: Exception | None = None
+    writer_cm = feature_writer(job.out_h5, job.attrs, resume_key=job.key)
+    try:
+        writer = writer_cm.__enter__()
+    except Exception as exc:  # noqa: BLE001
+        writer_cm, error = None, exc
+    try:
+        outputs = []
+        if writer_cm is not None:
+            for t in job.sets:
+                group = {**t.geometry.as_attrs(), "tile_set": t.name, "tiles_digest": tiles_digest(t)}
+                outputs.append(writer.tile_set(t.name, t.coords, encoder.feature_dim, group))
+                if len(t) == 0:
+                    log.warning("%s: tile set %r has no tiles; writing an empty (0, %d) group",
+                                job.slide_id, t.name, encoder.feature_dim)
+        for _ in range(job.n_batches):
+            item = next(stream)  # always drained, so the next job starts at its own first batch
+            if error is not None:
                 continue
-            dataset = TileDataset.from_tiles(tiles, reader_factory)
             try:
-                encode_tiles(dataset, encoder, batch_size=batch_size, num_workers=num_workers, device=dev,
-                             amp=amp, progress=progress, out=ds, desc=f"{slide_id}/{tiles.name}")
-            finally:
-                dataset.close()
+                if item["error"]:
+                    raise TileReadError(f"{job.slide_id}: reading tiles failed: {item['error']}")
+                task = tasks[item["task"]]
+                outputs[task.segment - job.first_segment][task.start : task.stop] = encode_batch(
+                    encoder, item["tiles"], dev, prec)
+                bar.update(task.stop - task.start)
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+    except BaseException as exc:  # interrupted: discard the temporary file, then stop
+        if writer_cm is not None:
+            writer_cm.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if writer_cm is not None:
+        try:
+            if error is None:
+                writer_cm.__exit__(None, None, None)
+            else:
+                writer_cm.__exit__(type(error), error, error.__traceback__)
+        except Exception as exc:  # noqa: BLE001
+            error = error or exc
+    if error is not None:
+        return error
     seconds = time.perf_counter() - start
-    rate = n_total / seconds if seconds > 0 else 0.0
-    log.info("%s: %d tiles in %.1f s (%.1f tiles/s) -> %s", slide_id, n_total, seconds, rate, out_h5)
-    return ExtractionStats(n_total, seconds, rate, slide_id, out_path=str(out_h5))
+    rate = job.n_tiles / seconds if seconds > 0 else 0.0
+    log.info("%s: %d tiles in %.1f s (%.1f tiles/s) -> %s", job.slide_id, job.n_tiles, seconds, rate, job.out_h5)
+    return ExtractionStats(job.n_tiles, seconds, rate, job.slide_id, out_path=str(job.out_h5))
+
+
+def extract_slide_features(
+    tile_h5: str | os.PathLike,
+    encoder: Encoder,
+    out_h5: str | os.PathLike,
+    **kw: Any,
+) -> ExtractionStats:
+    """Encode every tile of the named ``tile_sets`` of one tile file into ``out_h5`` (one group per set; see
+    :mod:`slidemil.store.features` for the layout); ``kw`` as for :func:`extract_run`; errors are raised.
+
+    Skips (``skipped=True``) when ``out_h5`` is complete and was made from the same tiles with the same encoder,
+    weights, precision and extraction code, unless ``overwrite``. A tile set with no tiles gets an empty (0, d)
+    group flagged ``empty=True``. ``n_tiles`` counts the tiles of every set encoded.
+    """
+    ((_, result),) = list(extract_run([(tile_h5, out_h5)], encoder, **kw))
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def extract_many(
@@ -305,29 +410,32 @@ def extract_many(
 ) -> ExtractionSummary:
     """Extract features for many tile files into ``out_dir/<slide_id>.h5`` (slide_id = tile file stem).
 
-    A failing slide is logged and recorded, and the loop moves on; at the end
-    :class:`FeatureExtractionError` lists every failure unless ``allow_failures``. ``kw`` goes to
-    :func:`extract_slide_features`.
+    One tile stream serves every slide (see :func:`extract_run`). A failing slide is logged and recorded, and
+    the run moves on; at the end :class:`FeatureExtractionError` lists every failure unless
+    ``allow_failures``. ``kw`` goes to :func:`extract_run`.
     """
     files: Sequence[Path] = [Path(p) for p in tile_files]
-    summary = ExtractionSummary()
     out_dir = Path(out_dir)
-    bar = tqdm(files, unit="slide", desc=f"features {encoder.name}", disable=not progress)
-    for tile_h5 in bar:
-        slide_id = tile_h5.stem
-        try:
-            st = extract_slide_features(tile_h5, encoder, out_dir / f"{slide_id}.h5", progress=progress, **kw)
-        except Exception as exc:  # one bad slide must not stop a cohort
-            summary.failures[slide_id] = f"{type(exc).__name__}: {exc}"
+    summary = ExtractionSummary()
+    summary.precision = choose_precision(resolve_device(kw.get("device", "auto")),
+                                         kw.get("precision", "fp32")).describe()
+    bar = tqdm(total=len(files), unit="slide", desc=f"features {encoder.name}", disable=not progress)
+    for slide_id, result in extract_run([(f, out_dir / f"{f.stem}.h5") for f in files], encoder,
+                                        progress=progress, **kw):
+        bar.update(1)
+        if isinstance(result, Exception):  # one bad slide must not stop a cohort
+            summary.failures[slide_id] = f"{type(result).__name__}: {result}"
             log.error("%s: feature extraction failed: %s", slide_id, summary.failures[slide_id])
             continue
-        summary.stats.append(st)
-        if not st.skipped:
-            bar.set_postfix(tiles_per_s=f"{st.tiles_per_s:.1f}")
+        summary.stats.append(result)
+        if not result.skipped:
+            bar.set_postfix(tiles_per_s=f"{result.tiles_per_s:.1f}")
+    bar.close()
     n_skipped = sum(s.skipped for s in summary.stats)
     log.info(
-        "features %s: %d slides extracted (%d tiles, %.1f tiles/s), %d up to date, %d failed",
+        "features %s (%s): %d slides extracted (%d tiles, %.1f tiles/s), %d up to date, %d failed",
         encoder.name,
+        summary.precision.get("precision"),
         len(summary.stats) - n_skipped,
         summary.n_tiles,
         summary.tiles_per_s,

@@ -34,7 +34,7 @@ TILE_CODE_MODULES = (
 )
 #: modules whose code decides the features (tile reading + batching, the encoders, the feature writer)
 FEATURE_CODE_MODULES = (
-    "slidemil.features.extract",
+    "slidemil.features",
     "slidemil.encoders",
     "slidemil.store.layers",
     "slidemil.store.features",

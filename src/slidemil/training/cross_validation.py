@@ -9,6 +9,7 @@ Works for every registered method: it only talks to the method contract.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -26,6 +27,7 @@ from slidemil.methods import build_method
 from slidemil.training.config import TrainConfig
 from slidemil.training.data import SlideRef, SlideSource
 from slidemil.training.fold import train_fold
+from slidemil.training.parallel import FoldPool, resolve_parallel_folds
 from slidemil.training.run_log import global_rank, run_log
 from slidemil.utils.atomic import atomic_path, write_json_atomic
 
@@ -68,9 +70,12 @@ def _prob_matrix(preds: pd.DataFrame, class_names: list[str]) -> np.ndarray:
 
 
 def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpec, source: SlideSource,
-                         out_dir: str | Path) -> CVResult | None:
+                         out_dir: str | Path, *, parallel_folds: int | str = 1) -> CVResult | None:
     """``slides``: slide_id, label (class name). ``splits``: fold, slide_id, split. ``source`` loads each
-    slide's layers. Returns None on the non-zero ranks of a distributed run (rank 0 writes everything)."""
+    slide's layers. Returns None on the non-zero ranks of a distributed run (rank 0 writes everything).
+
+    ``parallel_folds`` (``auto`` or N): folds trained at once in forked processes, same results as one at a
+    time (:mod:`slidemil.training.parallel`); logging and files stay in this process, in fold order."""
     out_dir = Path(out_dir)
     if global_rank() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,47 +95,21 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
         tracker.params({**spec.extra_params, "n_slides": len(slides), "n_folds": splits["fold"].nunique(),
                         "selection": f"{method.monitor} ({method.mode}) on validation"})
         _log_dataset(tracker, spec, slides)
-        for fold, fsplit in splits.groupby("fold"):
-            parts = {s: [refs[i] for i in fsplit.loc[fsplit.split == s, "slide_id"]] for s in ("train", "val", "test")}
-            with tracker.run(f"{spec.name}-fold{fold}", nested=True,
-                             tags={"slidemil.model": spec.name, "slidemil.fold": str(fold),
-                                   "slidemil.kind": "cv-fold"}) as fold_run_id:
-                tracker.params({"fold": fold, **{f"n_{s}": len(v) for s, v in parts.items()}})
-                _log_dataset(tracker, spec, slides)
-                res = train_fold(int(fold), method, parts, source, spec.train, spec.class_names,
-                                 metric_sink=tracker.metrics)
+        fold_parts = {int(fold): {s: [refs[i] for i in fsplit.loc[fsplit.split == s, "slide_id"]]
+                                  for s in ("train", "val", "test")} for fold, fsplit in splits.groupby("fold")}
+        n_parallel = resolve_parallel_folds(parallel_folds, spec.train, len(fold_parts))
+        pool = FoldPool(n_parallel, method, fold_parts, source, spec.train, spec.class_names) \
+            if n_parallel > 1 else contextlib.nullcontext()
+        with pool:
+            for fold, parts in fold_parts.items():
+                res = _fold(tracker, spec, slides, fold, parts, pool, method, source, parent_id, out_dir)
                 if res is None:  # not rank 0
                     continue
-                tracker.params({"world_size": res.world_size})
-                row = {"fold": int(fold), "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
-                       "best_val_loss": res.best_val_loss, "best_score": res.best_score}
-                for split in ("val", "test"):
-                    p = res.predictions[res.predictions.split == split]
-                    if len(p):
-                        m = slide_metrics(p["label"].to_numpy(), _prob_matrix(p, spec.class_names))
-                        row.update({f"{split}_{k}": v for k, v in m.items()})
-                calibration = _fit_fold_calibration(spec, res.predictions)
-                if calibration.n_val:
-                    row.update({"temperature": calibration.temperature, "threshold": calibration.threshold})
-                tracker.metrics({k: v for k, v in row.items() if k != "fold" and not pd.isna(v)})
-                calibrations[int(fold)] = calibration.model_dump()
-                bundle = ModelBundle(BundleSpec(
-                    method=spec.method, method_config=spec.method_config, class_names=spec.class_names,
-                    **_context_for(method, spec.bundle_context),
-                    metadata={"fold": int(fold), "cv_parent_run_id": parent_id, "fold_run_id": fold_run_id,
-                              "best_epoch": res.best_epoch, "monitor": res.monitor, "best_score": res.best_score,
-                              "val_loss": res.best_val_loss, **spec.extra_params},
-                    calibration=calibration,
-                ), res.state_dict)
-                bundles[int(fold)] = bundle.save(out_dir / "folds" / f"fold{fold}" / "bundle")
-                tracker.artifacts(str(bundles[int(fold)]), "bundle")
-                with tempfile.TemporaryDirectory() as tmp:  # the parent's artifact paths, so compare finds them
-                    _write_report(Path(tmp), res.predictions, spec.class_names, f"{spec.name} fold {fold}")
-                    tracker.artifacts(tmp, "report")
-                fold_rows.append(row)
-                all_preds.append(res.predictions)
-                log.info("%s fold %d: best epoch %d/%d, %s %.4f, test auc %.4f", spec.name, fold,
-                         res.best_epoch, res.epochs_run, res.monitor, res.best_score, row.get("test_auc", float("nan")))
+                fold_rows.append(res[0])
+                all_preds.append(res[1])
+                bundles[fold] = res[2]
+                calibrations[fold] = res[3]
+        tracker.params({"parallel_folds": n_parallel})
         if not rank0:
             return None
         per_fold = pd.DataFrame(fold_rows)
@@ -155,6 +134,55 @@ def run_cross_validation(slides: pd.DataFrame, splits: pd.DataFrame, spec: CVSpe
         bundle_dir = ModelBundle.load(bundles[best_fold]).save(out_dir / "bundle")
         tracker.bundle(str(bundle_dir))
     return CVResult(spec.name, parent_id, per_fold, preds, summary, best_fold, bundle_dir)
+
+
+def _fold(tracker, spec: CVSpec, slides: pd.DataFrame, fold: int, parts: dict, pool, method, source: SlideSource,
+          parent_id: str, out_dir: Path) -> tuple[dict, pd.DataFrame, Path, dict] | None:
+    """One fold's nested MLflow run: train (here, or take the result from ``pool``), log, save its bundle.
+    Returns (metrics row, predictions, bundle dir, calibration), or None on the non-zero ranks of a distributed
+    run."""
+    with tracker.run(f"{spec.name}-fold{fold}", nested=True,
+                     tags={"slidemil.model": spec.name, "slidemil.fold": str(fold),
+                           "slidemil.kind": "cv-fold"}) as fold_run_id:
+        tracker.params({"fold": fold, **{f"n_{s}": len(v) for s, v in parts.items()}})
+        _log_dataset(tracker, spec, slides)
+        if isinstance(pool, FoldPool):
+            res = pool.result(fold)
+            for row in res.history:  # the per-epoch metrics the in-process sink would have logged live
+                tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        else:
+            res = train_fold(fold, method, parts, source, spec.train, spec.class_names,
+                             metric_sink=tracker.metrics)
+        if res is None:
+            return None
+        tracker.params({"world_size": res.world_size})
+        row = {"fold": fold, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run,
+               "best_val_loss": res.best_val_loss, "best_score": res.best_score}
+        for split in ("val", "test"):
+            p = res.predictions[res.predictions.split == split]
+            if len(p):
+                m = slide_metrics(p["label"].to_numpy(), _prob_matrix(p, spec.class_names))
+                row.update({f"{split}_{k}": v for k, v in m.items()})
+        calibration = _fit_fold_calibration(spec, res.predictions)
+        if calibration.n_val:
+            row.update({"temperature": calibration.temperature, "threshold": calibration.threshold})
+        tracker.metrics({k: v for k, v in row.items() if k != "fold" and not pd.isna(v)})
+        bundle = ModelBundle(BundleSpec(
+            method=spec.method, method_config=spec.method_config, class_names=spec.class_names,
+            **_context_for(method, spec.bundle_context),
+            metadata={"fold": fold, "cv_parent_run_id": parent_id, "fold_run_id": fold_run_id,
+                      "best_epoch": res.best_epoch, "monitor": res.monitor, "best_score": res.best_score,
+                      "val_loss": res.best_val_loss, **spec.extra_params},
+            calibration=calibration,
+        ), res.state_dict)
+        bundle_dir = bundle.save(out_dir / "folds" / f"fold{fold}" / "bundle")
+        tracker.artifacts(str(bundle_dir), "bundle")
+        with tempfile.TemporaryDirectory() as tmp:  # the parent's artifact paths, so compare finds them
+            _write_report(Path(tmp), res.predictions, spec.class_names, f"{spec.name} fold {fold}")
+            tracker.artifacts(tmp, "report")
+        log.info("%s fold %d: best epoch %d/%d, %s %.4f, test auc %.4f", spec.name, fold, res.best_epoch,
+                 res.epochs_run, res.monitor, res.best_score, row.get("test_auc", float("nan")))
+        return row, res.predictions, bundle_dir, calibration.model_dump()
 
 
 def _fit_fold_calibration(spec: CVSpec, preds: pd.DataFrame) -> CalibrationSpec:
