@@ -266,8 +266,14 @@ def _fuzz_inputs(slides: dict[str, Path], n: int, seed: int = 0) -> list[tuple[s
     out: list[tuple[str, bytes]] = []
     suffixes = [".svs", ".tif", ".ndpi", ".png", ".jpg", ".dcm", ".txt", ""]
     while len(out) < n:
-        kind = len(out) % 6
-        if kind == 0:  # cut short
+        kind = len(out) % 10
+        if kind == 9:  # the intact slide under a name variant: the fuzz run also succeeds now and then
+            out.append((rng.choice(["ok.svs", "OK.SVS", "ok slide.tiff", "ok.tif"]), svs))
+        elif kind == 6:  # one byte flipped
+            data = bytearray(svs)
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            out.append(("one_flip.svs", bytes(data)))
+        elif kind in (0, 7):  # cut short
             out.append(("cut.svs", svs[: rng.randrange(0, len(svs))]))
         elif kind == 1:  # bytes flipped anywhere
             data = bytearray(svs)
@@ -279,7 +285,7 @@ def _fuzz_inputs(slides: dict[str, Path], n: int, seed: int = 0) -> list[tuple[s
             for _ in range(8):
                 data[rng.randrange(min(512, len(data)))] = rng.randrange(256)
             out.append(("header.svs", bytes(data)))
-        elif kind == 3:  # random bytes under any name, sometimes with a real magic number
+        elif kind in (3, 8):  # random bytes under any name, sometimes with a real magic number
             magic = rng.choice([b"", b"II*\x00", b"MM\x00*", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x00" * 128 + b"DICM"])
             out.append((f"random{rng.choice(suffixes)}", magic + rng.randbytes(rng.randrange(0, 4096))))
         elif kind == 4:  # a damaged PNG
@@ -307,5 +313,5 @@ def test_fuzzed_uploads_never_get_a_5xx(server, slides):
             assert isinstance(body, dict) and body.get("code"), body
     elapsed = time.perf_counter() - t0
     print(f"fuzz: {len(inputs)} uploads in {elapsed:.1f} s: {dict(sorted(statuses.items()))}")
-    assert elapsed < 600
+    assert elapsed < 600 and statuses.get(200, 0) >= 30  # the intact ones were answered
     assert _health(url)["requests"].get("internal_error", 0) == 0
