@@ -94,8 +94,25 @@ class Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._route(scope, receive, _uniform_errors(tracked))
+        except Exception:
+            # BentoML's timeout middleware waits for a response until its timeout: never leave a client hanging
+            ref = secrets.token_hex(4)
+            log.exception("%s failed unexpectedly [ref %s]", scope["path"], ref)
+            if not started:
+                await _error(500, "internal_error", f"internal error (reference {ref}; see the server log)")(
+                    scope, receive, send)
+
+    async def _route(self, scope, receive, send) -> None:
         path, method = scope["path"].rstrip("/") or "/", scope.get("method")
-        send = _uniform_errors(send)
         if method == "GET" and path == "/docs.json" and self.openapi is not None:
             await self.app(scope, receive, _rewrite_json(send, self.openapi))
         elif method == "GET" and path in self.probe_paths:

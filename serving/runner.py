@@ -80,11 +80,17 @@ class ModelRunner:
         try:
             return await asyncio.wait_for(asyncio.shield(work.future), timeout_s)
         except TimeoutError:
-            work.cancelled.set()
+            self._abandon(work)
             raise WorkTimedOut(f"not finished within {timeout_s:.0f} s") from None
         except asyncio.CancelledError:
-            work.cancelled.set()
+            self._abandon(work)
             raise
+
+    @staticmethod
+    def _abandon(work: _Work) -> None:
+        """Stop the work at its next check; its late outcome is collected, not logged as never retrieved."""
+        work.cancelled.set()
+        work.future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def retry_after_s(self, ahead: int) -> int:
         """Seconds after which a refused client may find room: the expected time for ``ahead`` slides."""
