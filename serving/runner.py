@@ -6,7 +6,7 @@ synchronous requests (a client is waiting on the socket) ahead of jobs (a client
 request waits for at most the slide in progress plus the synchronous requests admitted before it.
 
 Cancellation is cooperative (threads cannot be killed): each work item gets a ``check`` that raises
-:class:`~slidemil.inference.PredictionCancelled` once the caller gave up or the run passed its time limit;
+:class:`PredictionCancelled` once the caller gave up or the run passed its time limit;
 the predictor calls it before every tile, so abandoned work stops within one tile.
 """
 
@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slidemil.inference import PredictionCancelled
-
 INTERACTIVE = 0
 JOB = 1
+
+
+class PredictionCancelled(Exception):
+    """The caller gave up (client gone, request timed out): raised by ``check`` inside the work."""
 
 
 class WorkTimedOut(Exception):

@@ -40,12 +40,11 @@ from serving.gate import Gate
 from serving.jobs import JobQueue
 from serving.logs import quiet_client_errors
 from serving.openapi import describe_api
-from serving.runner import INTERACTIVE, JOB, ModelRunner, WorkTimedOut
+from serving.runner import INTERACTIVE, JOB, ModelRunner, PredictionCancelled, WorkTimedOut
 from serving.schemas import FeaturePredictionResponse, HealthResponse, MetadataResponse, PredictionResponse
 from serving.settings import FEATURE_SUFFIXES, SLIDE_SUFFIXES, ServingSettings
 from serving.uploads import ServingError, install_strict_multipart, stashed_upload
 from slidemil import __version__
-from slidemil.inference import PredictionCancelled
 from slidemil.utils.jsonable import to_jsonable
 
 SETTINGS = ServingSettings.from_env()

@@ -9,9 +9,8 @@ import time
 import pytest
 
 from serving.jobs import TOKEN_PREFIX, JobQueue
-from serving.runner import INTERACTIVE, JOB, ModelRunner, WorkTimedOut
+from serving.runner import INTERACTIVE, JOB, ModelRunner, PredictionCancelled, WorkTimedOut
 from serving.uploads import ServingError
-from slidemil.inference import PredictionCancelled
 
 
 def _slow_work(stopped: list[str], seconds: float = 5.0):

@@ -23,10 +23,6 @@ from slidemil.methods import SlideData, TileSetView
 from slidemil.scoring import BundleScorer, ScoredSlide
 
 
-class PredictionCancelled(Exception):
-    """Raised inside :meth:`SlidePredictor.predict` when its ``check`` says the caller gave up."""
-
-
 class _CheckedTiles:
     """A tile dataset that calls ``check`` before every tile, so a cancelled prediction stops mid-encoding.
 
@@ -130,8 +126,8 @@ class SlidePredictor:
     def predict(self, path: str | Path, *, slide_id: str | None = None, mpp: float | None = None,
                 top_k: int = 5, heatmap: bool = True,
                 check: Callable[[], None] = _never) -> SlidePrediction:
-        """Predict one slide; ``check`` is called between phases and before each tile and may raise
-        (:class:`PredictionCancelled`) to stop the work early."""
+        """Predict one slide; ``check`` is called between phases and before each tile and may raise to stop
+        the work early (serving cancels timed-out and abandoned requests this way)."""
         from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer
         from slidemil.evaluation.tile_geojson import tiles_to_geojson
         from slidemil.features.extract import TileDataset, encode_tiles
