@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse
 
 from serving.jobs import TOKEN_PREFIX, JobQueue, Ticket
 from serving.runner import ModelRunner
-from serving.uploads import NOT_A_FILE, ServingError, check_upload, client_filename
+from serving.uploads import NOT_A_FILE, ServingError, check_upload, safe_name
 
 #: multipart framing around the file (boundaries, part headers, small form fields) allowed on top of the limit
 FORM_SLACK_BYTES = 1024 * 1024
@@ -221,7 +221,7 @@ class Gate:
                 problem = "no `slide` field" if slide is None else NOT_A_FILE
                 await self._answer(scope, receive, send, _error(400, "not_a_file", f"slide: {problem}"))
                 return None
-            name = client_filename(Path("tmpxxxxxxxx" + (slide.filename or "upload")))
+            name = safe_name(slide.filename or "upload")
             suffix = Path(name).suffix.lower()
             dest = ticket.folder / f"upload{suffix if suffix in self.slide_families else ''}"
             with open(dest, "wb") as out:

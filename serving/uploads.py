@@ -82,8 +82,12 @@ def client_filename(uploaded: Path) -> str:
 
     Used only in messages and as the slide id; never as a path.
     """
-    name = _TEMPFILE_PREFIX.sub("", uploaded.name, count=1) or uploaded.name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "upload"
+    return safe_name(_TEMPFILE_PREFIX.sub("", uploaded.name, count=1) or uploaded.name)
+
+
+def safe_name(filename: str) -> str:
+    """A client-given file name reduced to ``[A-Za-z0-9._-]`` (at most 120 characters), for messages and ids."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).name).strip("._") or "upload"
     return name[-120:]
 
 
