@@ -7,6 +7,7 @@ limits, the worker layout. Defaults suit the demo on a laptop CPU.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,22 @@ class ServingSettings:
     batch_size: int
     max_top_k: int
     max_feature_rows: int
+    upload_timeout_s: float
+    max_jobs: int
+    max_queued_bytes: int
+    job_timeout_s: float
+    spool_dir: Path
+
+    @property
+    def backstop_concurrency(self) -> int:
+        """BentoML's own ``max_concurrency``: above every limit of ours (a job's submit request stays open in
+        BentoML until the job ends), so its bare 429 without ``Retry-After`` never fires first."""
+        return self.max_concurrency + self.max_jobs + 64
+
+    @property
+    def backstop_timeout_s(self) -> float:
+        """BentoML's ``traffic.timeout`` (a bare 504): later than our own deadline, which cancels the work."""
+        return self.request_timeout_s + 30
 
     @classmethod
     def from_env(cls) -> ServingSettings:
@@ -63,12 +80,17 @@ class ServingSettings:
             tracking_uri=tracking_uri(PROJECT_ROOT),
             max_upload_bytes=int(_env_float("SLIDEMIL_MAX_UPLOAD_MB", 2048) * 1024 * 1024),
             request_timeout_s=_env_float("SLIDEMIL_REQUEST_TIMEOUT_S", 600),
-            max_concurrency=int(_env_float("SLIDEMIL_MAX_CONCURRENCY", 32)),
+            max_concurrency=int(_env_float("SLIDEMIL_MAX_CONCURRENCY", 4)),
             workers=int(_env_float("SLIDEMIL_WORKERS", 1)),
             device=os.environ.get("SLIDEMIL_DEVICE", "auto"),
             batch_size=int(_env_float("SLIDEMIL_BATCH_SIZE", 32)),
             max_top_k=int(_env_float("SLIDEMIL_MAX_TOP_K", 50)),
             max_feature_rows=int(_env_float("SLIDEMIL_MAX_FEATURE_ROWS", 2_000_000)),
+            upload_timeout_s=_env_float("SLIDEMIL_UPLOAD_TIMEOUT_S", 30),
+            max_jobs=int(_env_float("SLIDEMIL_MAX_JOBS", 200)),
+            max_queued_bytes=int(_env_float("SLIDEMIL_MAX_QUEUED_MB", 20480) * 1024 * 1024),
+            job_timeout_s=_env_float("SLIDEMIL_JOB_TIMEOUT_S", 1800),
+            spool_dir=Path(os.environ.get("SLIDEMIL_SPOOL_DIR") or Path(tempfile.gettempdir()) / "slidemil-jobs"),
         )
 
     def describe(self) -> dict:
@@ -77,6 +99,10 @@ class ServingSettings:
             "max_upload_mb": round(self.max_upload_bytes / 1024 / 1024, 3),
             "request_timeout_s": self.request_timeout_s,
             "max_concurrency": self.max_concurrency,
+            "upload_timeout_s": self.upload_timeout_s,
+            "max_jobs": self.max_jobs,
+            "max_queued_mb": round(self.max_queued_bytes / 1024 / 1024, 3),
+            "job_timeout_s": self.job_timeout_s,
             "max_top_k": self.max_top_k,
             "slide_formats": sorted(SLIDE_SUFFIXES),
             "feature_formats": list(FEATURE_SUFFIXES),

@@ -3,9 +3,8 @@
 BentoML turns a multipart file field into a ``pathlib.Path`` in a per-request temp folder. Around that this
 module adds what a clinical upload endpoint needs:
 
-- :class:`UploadGuard` (ASGI middleware) refuses an upload before its body is read: not multipart (415),
-  no ``Content-Length`` (411) or a declared size over the limit (413). BentoML has no request-size setting of
-  its own in 1.4 (``api_server.max_request_size`` was removed), so this is the limit.
+- :mod:`serving.gate` (ASGI middleware) refuses an upload before its body is read and reads it with a stall
+  timeout; BentoML 1.4 has no request-size setting of its own (``api_server.max_request_size`` was removed).
 - :func:`install_strict_multipart` stops BentoML from *downloading* a URL a client puts in a file field
   instead of a file (its default): the server only ever reads bytes the client uploaded.
 - :func:`stashed_upload` moves the upload into a private folder under a server-chosen name that keeps only a
@@ -19,16 +18,13 @@ import contextlib
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from starlette.datastructures import Headers, UploadFile
-from starlette.responses import JSONResponse
+from starlette.datastructures import UploadFile
 
-#: multipart framing around the file (boundaries, part headers, small form fields) allowed on top of the limit
-FORM_SLACK_BYTES = 1024 * 1024
-#: a refused body is read and discarded up to this size so the client sees the status instead of a reset
-DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+#: start of the message for a text form field where a file was expected (the gate maps it to a code)
+NOT_A_FILE = "file fields must carry an uploaded file"
 
 _MAGIC = {
     "tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),  # classic and BigTIFF (svs, ndpi are TIFF)
@@ -52,76 +48,8 @@ class ServingError(Exception):
         return {"error": self.message, "code": self.code}
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code}, status_code=status)
-
-
 def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
-
-
-class UploadGuard:
-    """ASGI middleware: refuse oversized or non-multipart uploads to ``paths`` before reading them."""
-
-    def __init__(self, app, max_bytes: int, paths: Iterable[str]):
-        self.app = app
-        self.max_bytes = int(max_bytes)
-        self.paths = {p.rstrip("/") for p in paths}
-
-    async def __call__(self, scope, receive, send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope.get("method") != "POST"
-            or scope["path"].rstrip("/") not in self.paths
-        ):
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-        problem: tuple[int, str, str] | None = None
-        length = headers.get("content-length")
-        if ctype != "multipart/form-data":
-            problem = (
-                415,
-                "unsupported_media_type",
-                f"send the file as multipart/form-data (got {ctype or 'no Content-Type'})",
-            )
-        elif length is None:
-            problem = (
-                411,
-                "length_required",
-                "uploads need a Content-Length header (chunked uploads are refused)",
-            )
-        else:
-            try:
-                declared = int(length)
-            except ValueError:
-                declared = -1
-            if declared < 0:
-                problem = (400, "bad_content_length", f"invalid Content-Length {length!r}")
-            elif declared > self.max_bytes + FORM_SLACK_BYTES:
-                problem = (
-                    413,
-                    "too_large",
-                    f"upload of {_mb(declared)} exceeds the limit of "
-                    f"{_mb(self.max_bytes)} (server setting SLIDEMIL_MAX_UPLOAD_MB)",
-                )
-        if problem is None:
-            await self.app(scope, receive, send)
-            return
-        await _drain(receive, DRAIN_LIMIT_BYTES)
-        await error_response(*problem)(scope, receive, send)
-
-
-async def _drain(receive, limit: int) -> None:
-    seen = 0
-    while seen <= limit:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        seen += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
 
 
 def install_strict_multipart() -> None:
@@ -140,7 +68,7 @@ def install_strict_multipart() -> None:
             if isinstance(obj, UploadFile):
                 return obj
             raise BadInput(
-                "file fields must carry an uploaded file (multipart part with a filename); "
+                f"{NOT_A_FILE} (multipart part with a filename); "
                 "this server does not fetch URLs or read paths named by the client"
             )
 
@@ -154,8 +82,12 @@ def client_filename(uploaded: Path) -> str:
 
     Used only in messages and as the slide id; never as a path.
     """
-    name = _TEMPFILE_PREFIX.sub("", uploaded.name, count=1) or uploaded.name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "upload"
+    return safe_name(_TEMPFILE_PREFIX.sub("", uploaded.name, count=1) or uploaded.name)
+
+
+def safe_name(filename: str) -> str:
+    """A client-given file name reduced to ``[A-Za-z0-9._-]`` (at most 120 characters), for messages and ids."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).name).strip("._") or "upload"
     return name[-120:]
 
 
@@ -181,7 +113,20 @@ def stashed_upload(
         # BentoML writes every upload under the temp dir; anything else was not uploaded by this request
         raise ServingError(400, "not_an_upload", f"{what} must be an uploaded file")
     name = client_filename(uploaded)
-    size = uploaded.stat().st_size
+    suffix = check_upload(uploaded, name, families, max_bytes, what)
+    private = Path(tempfile.mkdtemp(prefix="slidemil-upload-"))  # mode 0700: only this server user can read
+    try:
+        dest = private / f"upload{suffix}"
+        shutil.move(uploaded, dest)
+        yield dest, name
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def check_upload(path: Path, name: str, families: Mapping[str, str], max_bytes: int, what: str) -> str:
+    """Refuse an upload that is too large, empty, of a suffix not in ``families`` or whose first bytes are not
+    the family its suffix says; returns the (lower-case) suffix."""
+    size = path.stat().st_size
     if size > max_bytes:
         raise ServingError(
             413,
@@ -199,7 +144,7 @@ def stashed_upload(
             "unsupported_format",
             f"{name}: unsupported file type {suffix or '(no extension)'}; accepted: {accepted}",
         )
-    family = sniff(uploaded)
+    family = sniff(path)
     if family != families[suffix]:
         raise ServingError(
             415,
@@ -207,10 +152,4 @@ def stashed_upload(
             f"{name}: the content is not a {families[suffix].upper()} file as its extension "
             f"{suffix} says ({'unrecognised content' if family is None else 'looks like ' + family})",
         )
-    private = Path(tempfile.mkdtemp(prefix="slidemil-upload-"))  # mode 0700: only this server user can read
-    try:
-        dest = private / f"upload{suffix}"
-        shutil.move(uploaded, dest)
-        yield dest, name
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
+    return suffix

@@ -116,6 +116,7 @@ def server(store, tmp_path_factory):
         "SLIDEMIL_MODEL_NAME": MODEL,
         "SLIDEMIL_MAX_UPLOAD_MB": str(LIMIT_MB),
         "SLIDEMIL_REQUEST_TIMEOUT_S": "150",
+        "SLIDEMIL_MAX_CONCURRENCY": "12",  # test_parallel_requests_agree sends 9 at once: all admitted
     }
     srv = BentoServer(env, tmp / "server.log")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,29 @@ from slidemil.bundle import ModelBundle
 from slidemil.features.stain_norm import StainNormalisation
 from slidemil.methods import SlideData, TileSetView
 from slidemil.scoring import BundleScorer, ScoredSlide
+
+
+class _CheckedTiles:
+    """A tile dataset that calls ``check`` before every tile, so a cancelled prediction stops mid-encoding.
+
+    Threads cannot be killed; the encoder reads tiles one by one in the calling thread (``num_workers=0``),
+    so checking here bounds the work a timed-out or abandoned request still does to one tile.
+    """
+
+    def __init__(self, dataset, check: Callable[[], None]):
+        self.dataset = dataset
+        self.check = check
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        self.check()
+        return self.dataset[i]
+
+
+def _never() -> None:
+    return None
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -123,8 +147,11 @@ class SlidePredictor:
         return self.scorer.model
 
     def predict(self, path: str | Path, *, slide_id: str | None = None, mpp: float | None = None,
-                top_k: int = 5, heatmap: bool = True, progress: bool = False) -> SlidePrediction:
-        """Tile, encode, score and explain one slide; ``progress`` shows a bar of the tiles read and encoded."""
+                top_k: int = 5, heatmap: bool = True, progress: bool = False,
+                check: Callable[[], None] = _never) -> SlidePrediction:
+        """Tile, encode, score and explain one slide; ``progress`` shows a bar of the tiles read and encoded;
+        ``check`` is called between phases and before each tile and may raise to stop the work early (serving
+        cancels timed-out and abandoned requests this way)."""
         from slidemil.evaluation.heatmap import HeatmapParams, render_score_layer
         from slidemil.evaluation.tile_geojson import scored_tiles_geojson
         from slidemil.features.extract import TileDataset, encode_tiles
@@ -140,9 +167,11 @@ class SlidePredictor:
         spec = self.bundle.spec
         tiling = TilingParams.from_dict({k: v for k, v in spec.tiling.items() if k != "workers"})
         tissue = TissueParams(**spec.tissue) if spec.tissue else TissueParams()
+        check()
         with open_slide(path, slide_id=slide_id, mpp=mpp) as reader:
             sid = reader.slide_id
             seg, tile_sets = tile_slide(reader, tiling, tissue)
+            check()
             by_name = {t.name: t for t in tile_sets}
             tiles = by_name["tiles"]
             timings["segment_and_tile"] = time.perf_counter() - t0
@@ -159,10 +188,12 @@ class SlidePredictor:
                 if name in self.encoders:
                     dataset = TileDataset(reader.path, reader.mpp, ts.coords, ts.geometry,
                                           reader_factory=lambda p, m: reader, transform=transform)
-                    feats[name] = encode_tiles(dataset, self.encoders[name], batch_size=self.batch_size,
+                    feats[name] = encode_tiles(_CheckedTiles(dataset, check), self.encoders[name],
+                                               batch_size=self.batch_size,
                                                num_workers=0, device=self.device, progress=progress,
                                                desc=f"{sid}: {name} read + encoded")
             timings["features"] = time.perf_counter() - t1
+            check()
             layers = {}
             if self.segmenter is not None:
                 t_seg = time.perf_counter()
