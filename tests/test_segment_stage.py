@@ -110,9 +110,9 @@ def test_training_inputs_ask_for_segments_only_when_a_method_needs_them():
     from pipelines.common import load_params
     from pipelines.training_inputs import extra_layers
 
-    p = load_params()  # the demo's params.yaml: no method reads segments
-    assert extra_layers(p) == []
-    p["train"]["models"] = [*p["train"]["models"], "sam_mil"]
+    p = load_params()  # the demo's params.yaml trains sam_mil
     assert extra_layers(p) == [LayerSpec("segments")]
+    p["train"]["models"], p["tune"]["space"]["methods"], p["heatmaps"]["models"] = ["abmil"], ["clam_sb"], ["abmil"]
+    assert extra_layers(p) == []
     p["train"]["models"], p["heatmaps"]["model"] = ["abmil"], "sam_mil"
     assert extra_layers(p) == [LayerSpec("segments")]
