@@ -54,7 +54,7 @@ def test_killed_features_stage_leaves_no_temp_file_after_the_rerun(tmp_path, sli
     params["validate"]["manifest_out"] = str(manifest)
     params["tile"]["tiles_dir"] = str(tiles_dir)
     params["features"].update(out_dir=str(out_dir), summary=str(tmp_path / "features.json"), num_workers=0,
-                              batch_size=8, device="cpu")
+                              batch_size=8, device="cpu", tile_sets=["tiles"])  # the tile file has no parents
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
 
