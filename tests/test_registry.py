@@ -78,3 +78,19 @@ def test_promote_stage_names_a_run_missing_from_the_store(tmp_path, monkeypatch,
     assert promote.main() == 1
     assert "dvc repro --force train" in caplog.text and "0123456789abcdef" in caplog.text
     assert not (tmp_path / "promotion.json").exists()
+
+
+def test_only_feature_bag_methods_get_a_signature_and_example():
+    """sam_mil also reads segments, msa parents: a bag of tile features cannot drive them, so their logged model
+    carries no input example for MLflow to fail on; the feature-bag methods keep both."""
+    from slidemil.mlflow_model import signature_and_example
+
+    def bundle(method, cfg, tile_sets=("tiles",)):
+        return ModelBundle.create(method, cfg, ["a", "b"], {"name": "toy", "feature_dim": 8}, {"tile_px": 224,
+                                  "multiscale_factor": 4}, tile_sets=tile_sets)
+
+    sig, example = signature_and_example(bundle("abmil", {"in_dim": 8, "n_classes": 2}))
+    assert example.shape == (4, 8) and sig is not None
+    assert signature_and_example(bundle("sam_mil", {"in_dim": 8, "n_classes": 2})) == (None, None)
+    msa = bundle("msa", {"in_dim": 8, "parent_dim": 8, "n_classes": 2, "d_model": 16}, ("tiles", "parents"))
+    assert signature_and_example(msa) == (None, None)

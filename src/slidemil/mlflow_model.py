@@ -52,10 +52,22 @@ def requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in SCORING_PACKAGES]
 
 
+def feature_bag_servable(bundle: ModelBundle) -> bool:
+    """Whether a bag of ``tiles`` features alone is a complete input (not for methods that also read parents,
+    segments or pixels: those are served from the slide by BentoML)."""
+    from slidemil.methods import get_method
+
+    needs = get_method(bundle.spec.method).required_layers
+    return all(spec.kind in ("tile_set", "features") and spec.name == "tiles" for spec in needs)
+
+
 def signature_and_example(bundle: ModelBundle):
-    """The model signature and a small input example (random features of the bundle's tile dimension)."""
+    """The model signature and a small input example (random features of the bundle's tile dimension); both
+    None for a method a feature bag cannot drive (MLflow would otherwise fail validating the example)."""
     from mlflow.models import infer_signature
 
+    if not feature_bag_servable(bundle):
+        return None, None
     dim = bundle.spec.components.encoders["tiles"].feature_dim
     example = np.random.default_rng(0).normal(size=(EXAMPLE_TILES, dim)).astype(np.float32)
     output = pd.DataFrame([{**{c: 1.0 / len(bundle.class_names) for c in bundle.class_names},
