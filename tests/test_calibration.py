@@ -103,3 +103,12 @@ def test_reliability_png(tmp_path):
     y = rng.integers(0, 2, 50)
     path = plot_reliability({"raw": reliability_table(y, probs)}, tmp_path / "r.png", "test")
     assert path.stat().st_size > 1000
+
+
+def test_soften_only_bounds_keep_separable_validation_at_t1():
+    """Bounds [1, 4] (the demo's): a separable validation set cannot sharpen the model (T stays 1)."""
+    cfg = CalibrationConfig.from_dict({"temperature_bounds": [1.0, 4.0]})
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.1, 0.9]])
+    assert fit_temperature(np.array([0, 1, 0, 1]), probs, cfg.temperature_bounds) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="low <= 1 <= high"):
+        CalibrationConfig.from_dict({"temperature_bounds": [1.5, 4.0]})

@@ -45,8 +45,9 @@ class CalibrationConfig:
         if cfg.rule not in ("youden", "sensitivity"):
             raise ValueError(f"calibration.rule must be youden or sensitivity, got {cfg.rule!r}")
         lo, hi = cfg.temperature_bounds
-        if not 0 < lo < 1 < hi:
-            raise ValueError(f"calibration.temperature_bounds must satisfy 0 < low < 1 < high, got {lo, hi}")
+        if not (0 < lo <= 1 <= hi and lo < hi):  # T = 1 (no change) is always a candidate
+            raise ValueError(f"calibration.temperature_bounds must satisfy 0 < low <= 1 <= high, low < high, "
+                             f"got {lo, hi}")
         if not 0 < cfg.target_sensitivity <= 1 or cfg.ece_bins < 1:
             raise ValueError("calibration.target_sensitivity must be in (0, 1] and ece_bins >= 1")
         return cfg
