@@ -64,7 +64,8 @@ ATTENTION_MODELS = ("clam_sb", "clam_mb", "abmil")
 #: CLAM defaults (methods.md section A) for a binary task: no subtyping terms
 CLAM_CONFIG = {"size": "small", "dropout": 0.25, "k_sample": 8, "inst_loss": "svm", "subtyping": False,
                "bag_weight": 0.7}
-#: GlaS images are almost all tissue; slidemil's default a_t = a_h = 1 (CLAM's: 100 / 16) (512 x 512 level-0 px) would drop whole images
+#: GlaS images are almost all tissue; slidemil's default a_t = a_h = 1 (512 x 512 level-0 px; CLAM's: 100 / 16)
+#: would drop whole images
 TISSUE = {"a_t": 0.01, "a_h": 0.01}
 
 log = logging.getLogger("glas")
@@ -372,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "n_slides": len(labels), "n_patients": int(labels["case_id"].nunique()),
             "slides_per_class": labels["label"].value_counts().to_dict(), "slide_mpp": args.mpp,
-            "encoder": context["encoder"], "tiling": context["tiling"], "tissue_overrides": TISSUE,
+            "encoder": context["components"]["encoders"]["tiles"], "tiling": context["tiling"],
+            "tissue_overrides": TISSUE,
             "splits": {"mode": "kfold", "folds": args.folds, "val_frac": args.val_frac, "seeds": args.split_seeds,
                        "grouped_by": "case_id"},
             "model_config_clam": CLAM_CONFIG, "trainer": trainer.to_dict(),
