@@ -372,6 +372,13 @@ def _multipart(fields: list[tuple[str, str]], file: tuple[str, str, bytes]) -> t
     return b"".join(parts), f"multipart/form-data; boundary={boundary}".encode()
 
 
+async def _send_body(send, start: dict, body: bytes) -> None:
+    """Send a buffered answer's start (its Content-Length set to ``body``) and ``body`` in one piece."""
+    raw = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+    await send({**start, "headers": [*raw, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 def _rewrite_json(send, rewrite: Callable[[dict], dict]):
     """Buffer a 200 JSON answer and send ``rewrite(body)`` instead (the OpenAPI document)."""
     state: dict = {}
@@ -385,10 +392,7 @@ def _rewrite_json(send, rewrite: Callable[[dict], dict]):
             if message.get("more_body", False):
                 return
             start = state.pop("start")
-            body = json.dumps(rewrite(json.loads(b"".join(state.pop("chunks"))))).encode()
-            raw = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            await send({**start, "headers": [*raw, (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            await _send_body(send, start, json.dumps(rewrite(json.loads(b"".join(state.pop("chunks"))))).encode())
             return
         await send(message)
 
@@ -412,11 +416,7 @@ def _uniform_errors(send):
             if message.get("more_body", False):
                 return
             start = state.pop("start")
-            body = _normalised(start["status"], b"".join(state.pop("chunks")))
-            raw = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            raw.append((b"content-length", str(len(body)).encode()))
-            await send({**start, "headers": raw})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            await _send_body(send, start, _normalised(start["status"], b"".join(state.pop("chunks"))))
             return
         await send(message)
 
