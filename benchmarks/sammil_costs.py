@@ -38,7 +38,7 @@ def sam_frame(slide: str, generator: bool) -> dict:
     import torch
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
-    from slidemil.segmenters.sam import GENERATOR_DEFAULTS
+    from slidemil.segmenters.sam import GENERATOR_DEFAULTS, generate_masks
     from slidemil.slides import open_slide
 
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def sam_frame(slide: str, generator: bool) -> dict:
         if generator:
             gen = SamAutomaticMaskGenerator(model, output_mode="binary_mask", **GENERATOR_DEFAULTS)
             t0 = time.perf_counter()
-            masks = gen.generate(frame)
+            masks = generate_masks(gen, frame)
             out["generator_s"] = round(time.perf_counter() - t0, 1)
             out["generator_masks_random_weights"] = len(masks)
             out["generator_settings"] = GENERATOR_DEFAULTS

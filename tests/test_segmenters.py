@@ -127,3 +127,24 @@ def test_unknown_segmenter_and_variant():
         build_segmenter("sam:vit_x")
     with pytest.raises(ValueError, match="no variants"):
         build_segmenter("slic:fast")
+
+
+def test_sam_frame_without_any_mask_is_empty_not_an_error():
+    """segment-anything's cross-crop NMS indexes an empty box tensor when no crop kept a mask (seen with random
+    weights and the paper's thresholds on CMU-1, benchmarks/sammil_costs.py); that frame has no regions."""
+    import torch
+    from torchvision.ops import box_area
+
+    from slidemil.segmenters.sam import generate_masks
+
+    class Generator:
+        def __init__(self, boxes):
+            self.boxes = boxes
+
+        def generate(self, image):
+            return [{"area": float(a)} for a in box_area(self.boxes)]  # the failing call inside SAM
+
+    assert generate_masks(Generator(torch.zeros((0,))), None) == []
+    assert generate_masks(Generator(torch.tensor([[0.0, 0.0, 2.0, 3.0]])), None) == [{"area": 6.0}]
+    with pytest.raises(IndexError):
+        generate_masks(type("G", (), {"generate": lambda self, image: [][1]})(), None)

@@ -103,6 +103,21 @@ class SamSegmenter(Segmenter):
         out = []
         for frame in frames:
             with torch.inference_mode():
-                found = self.generator.generate(render_frame(slide.reader, frame))
+                found = generate_masks(self.generator, render_frame(slide.reader, frame))
             out += [SegmentMask(frame, m["segmentation"].astype(bool)) for m in found]
         return out
+
+
+def generate_masks(generator: Any, image: Any) -> list[dict]:
+    """``generator.generate(image)``, with "no mask survived the thresholds" as an empty list.
+
+    segment-anything 1.0 fails with an IndexError in its cross-crop NMS when every crop came back empty (a
+    blank frame, or random weights); that is a legitimate "no regions here", not an error of the slide.
+    """
+    try:
+        return generator.generate(image)
+    except IndexError as exc:
+        if "with size 0" not in str(exc):
+            raise
+        return []
+
