@@ -39,6 +39,7 @@ def main() -> int:
     h = p["heatmaps"]
     family = h["model"]
     families = list(dict.fromkeys([family, *(h.get("models") or p["train"]["models"])]))
+    painted = _painted_families(family, families, h.get("png_models"))
     params = HeatmapParams(**h["render"])
     inputs = training_inputs(p)
     manifest = inputs.slides.set_index("slide_id")
@@ -70,6 +71,8 @@ def main() -> int:
                                         thumb.shape[:2], ds)
             dims = reader.dimensions
             for fam, sc in scored_by.items():
+                if fam not in painted:
+                    continue
                 la = sc.primary
                 v = sc.tile_sets[la.tile_set]
                 image = render_score_layer(thumb, ds, la, v.coords, v.level0_px, params, tissue_mask=tissue,
@@ -105,6 +108,19 @@ def main() -> int:
     log.info("%d heatmaps (%s); localisation AUROC %s over %d tumour slides", len(index), ", ".join(families),
              metrics[family]["localisation_auroc"]["mean"], len(loc))
     return 0
+
+
+def _painted_families(family: str, families: list[str], png_models: list[str] | None) -> list[str]:
+    """Families that get a rendered heatmap PNG: the painted family plus ``heatmaps.png_models`` (None = every
+    family). Rendering a thumbnail-sized overlay is most of the stage's time, while the dashboard's viewer draws
+    any family from its record.json, so the demo paints one and records all."""
+    if png_models is None:
+        return families
+    unknown = sorted(set(png_models) - set(families))
+    if unknown:
+        raise ValueError(f"heatmaps.png_models names {unknown}, which are not among the explained families "
+                         f"{families} (heatmaps.model + heatmaps.models or train.models)")
+    return [f for f in families if f == family or f in png_models]
 
 
 def _copy_ground_truth(row: pd.Series, out) -> str | None:

@@ -53,7 +53,7 @@ def project(tmp_path, slides_dir):
     p["features"].update(out_dir=str(tmp_path / "features"), tile_sets=["tiles"])
     p["train"].update(splits_out=str(tmp_path / "splits.csv"), out_dir=str(tmp_path / "train"),
                       models=["abmil", "mean_pool"])
-    p["heatmaps"].update(model="abmil", models=[], out_dir=str(tmp_path / "heatmaps"),
+    p["heatmaps"].update(model="abmil", models=[], png_models=None, out_dir=str(tmp_path / "heatmaps"),
                          metrics=str(tmp_path / "heatmaps.json"), top_k=2)
     p["heatmaps"]["render"]["canvas_max_side"] = 512
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
@@ -81,3 +81,24 @@ def test_heatmaps_stage_writes_every_familys_record_and_labelled_image(project, 
     assert np.array_equal(cv2.imread(str(out / "heatmap.png")), cv2.imread(str(out / "models/abmil/heatmap.png")))
     assert json.loads((out / "ground_truth.geojson").read_text()) == truth
     assert list((out / "top_tiles").glob("cmu_top00*.png"))
+
+
+def test_png_models_limits_rendering_not_records(project, monkeypatch):
+    """``png_models: []`` paints only the painted family; every family still gets its record (the viewer
+    re-paints any of them), and a family that is not explained is refused by name."""
+    from pipelines import heatmaps
+
+    root, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["heatmaps"]["png_models"] = []
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("SLIDEMIL_PARAMS", str(root / "params.yaml"))
+    assert heatmaps.main() == 0
+    out = root / "heatmaps" / "cmu"
+    assert (out / "heatmap.png").exists() and (out / "models" / "abmil" / "heatmap.png").exists()
+    assert not (out / "models" / "mean_pool" / "heatmap.png").exists()
+    assert json.loads((out / "models" / "mean_pool" / "record.json").read_text())["family"] == "mean_pool"
+    params["heatmaps"]["png_models"] = ["clam_mb"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="clam_mb"):
+        heatmaps.main()
