@@ -39,7 +39,7 @@ def main() -> int:
     cfg = replace(cfg, study_name=f"{cfg.study_name}-{objective_digest(cfg, dict(tr['methods']), base_train, splits)}")
     guard_runs(setup_tracking(ROOT, tr["experiment"], tr.get("tracking_uri")))  # runs of killed stages end FAILED/KILLED
     study = run_tuning(inputs.slides, splits, cfg, dict(tr["methods"]), base_train, inputs.classes,
-                       inputs.source, inputs.feature_dims)
+                       inputs.source, inputs.feature_dims, parallel_folds=tr.get("parallel_folds", 1))
     best = export_best(study, project_path(t["best_params"]))
     states = [tt.state.name for tt in study.trials]
     log.info("study %s: %d trials (%d pruned); best %s = %.4f with %s", cfg.study_name, len(states),

@@ -145,3 +145,30 @@ def test_objective_is_the_mean_over_validation_folds_and_the_study_persists(bags
     assert digest == objective_digest(cfg, SECTIONS, train, splits)
     assert digest != objective_digest(replace(cfg, metric="val_auc"), SECTIONS, train, splits)
     assert digest != objective_digest(cfg, SECTIONS, train, make_splits(slides, SplitConfig(folds=2, seed=1)))
+
+
+def test_folds_of_a_trial_in_parallel_processes_give_the_same_study(bags, tmp_path, monkeypatch):
+    """Two forked fold processes per trial: every trial's value, its per-fold values and the best trial are those
+    of the sequential run (same seeds, one torch thread per fold either way)."""
+    _, slides, _ = bags
+    monkeypatch.delenv("SLIDEMIL_TUNE_WORKER", raising=False)
+    splits = make_splits(slides, SplitConfig(folds=3, val_frac=0.2, test_frac=0.2))
+    train = TrainConfig(max_epochs=2, min_epochs=1, patience=1, num_threads=1)
+    values = {}
+    for mode in (1, 2):
+        setup_tracking(tmp_path / str(mode), f"tune-par{mode}")
+        cfg = TuneConfig(study_name=f"par{mode}", storage=f"sqlite:///{tmp_path / f'{mode}.db'}", n_trials=3,
+                         space=SearchSpace(methods=["abmil"]))
+        study = run_tuning(slides, splits, cfg, SECTIONS, train, CLASSES, bag_source(slides), DIMS,
+                           parallel_folds=mode)
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(f"tune-par{mode}")
+        per_fold = []
+        for trial in study.trials:
+            [run] = client.search_runs([exp.experiment_id], f"tags.`optuna.trial` = '{trial.number}'")
+            per_fold.append([m.value for m in client.get_metric_history(run.info.run_id, "fold_val_loss")])
+            assert client.get_metric_history(run.info.run_id, "val_loss")  # per-epoch curves logged either way
+        values[mode] = ([t.value for t in study.trials], per_fold, study.best_trial.number)
+        mlflow.set_tracking_uri(None)
+    assert values[1] == values[2]
+    assert all(len(f) == 3 for f in values[1][1])

@@ -10,6 +10,7 @@ a nested MLflow run under one parent run per tuning invocation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -27,6 +28,7 @@ from slidemil.methods import get_method
 from slidemil.training.config import TrainConfig
 from slidemil.training.data import SlideRef, SlideSource
 from slidemil.training.fold import train_fold
+from slidemil.training.parallel import FoldPool, resolve_parallel_folds
 from slidemil.utils.process import process_tags
 
 log = logging.getLogger(__name__)
@@ -117,13 +119,16 @@ def run_tuning(
     class_names: list[str],
     source: SlideSource,
     feature_dims: dict[str, int],
+    *,
+    parallel_folds: int | str = 1,
 ) -> optuna.Study:
     """Run ``cfg.n_trials`` trials in this process (others may add trials to the same study concurrently).
 
     ``method_sections`` holds each candidate method's params.yaml section (its base config).
+    ``parallel_folds`` (``auto`` or N, as ``train.parallel_folds``): a trial scored on several folds trains
+    them in forked processes (:mod:`slidemil.training.parallel`, the same values as one after another); the
+    running mean is still reported fold by fold in order, so pruning decides exactly as it does sequentially.
     """
-    from optuna_integration import PyTorchLightningPruningCallback
-
     index = {c: i for i, c in enumerate(class_names)}
     refs = {r.slide_id: SlideRef(r.slide_id, index[r.label]) for r in slides.itertuples()}
     folds = sorted(int(f) for f in splits["fold"].unique()) if cfg.folds is None else list(cfg.folds)
@@ -138,31 +143,17 @@ def run_tuning(
                                            n_classes=len(class_names), feature_dims=feature_dims)
         method = method_cls(config)
         train_cfg = TrainConfig.from_dict({**base_train.to_dict(), **train_over})
-        scores = []
+        parts = {fold: {s: [refs[i] for i in splits.loc[(splits.fold == fold) & (splits.split == s), "slide_id"]]
+                        for s in ("train", "val")} for fold in folds}
+        n_parallel = resolve_parallel_folds(parallel_folds, train_cfg, len(folds)) if len(folds) > 1 else 1
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
             mlflow.set_tags({**process_tags(), "slidemil.kind": "tune-trial", "optuna.study": cfg.study_name,
                              "optuna.trial": str(trial.number)})
             mlflow.log_params({"method": name, **overrides, **train_over})
-            for k, fold in enumerate(folds):
-                fs = splits[splits.fold == fold]
-                parts = {s: [refs[i] for i in fs.loc[fs.split == s, "slide_id"]] for s in ("train", "val")}
-                callbacks = ([PyTorchLightningPruningCallback(trial, monitor=method.monitor)]
-                             if len(folds) == 1 else [])
-                res = train_fold(fold, method, parts, source, train_cfg, class_names,
-                                 metric_sink=lambda m, step: mlflow.log_metrics(m, step=step),
-                                 extra_callbacks=callbacks)
-                val = res.predictions[res.predictions.split == "val"]
-                metrics = slide_metrics(val["label"].to_numpy(),
-                                        val[[f"prob_{c}" for c in class_names]].to_numpy())
-                metrics["loss"] = res.best_val_loss
-                scores.append(metrics[cfg.metric.removeprefix("val_")])
-                mlflow.log_metric(f"fold_{cfg.metric}", scores[-1], step=k)
-                if len(folds) > 1:  # prune on the running mean over the folds scored so far
-                    trial.report(float(np.nanmean(scores)), step=k)
-                    if trial.should_prune():
-                        mlflow.set_tag("optuna.state", "pruned")
-                        raise optuna.TrialPruned(f"mean {cfg.metric} after {k + 1} folds")
-            value = float(np.nanmean(scores))
+            pool = (FoldPool(n_parallel, method, parts, source, train_cfg, class_names) if n_parallel > 1
+                    else contextlib.nullcontext())
+            with pool:
+                value = _score_folds(trial, cfg.metric, method, parts, pool, source, train_cfg, class_names)
             mlflow.log_metric(cfg.metric, value)
             mlflow.set_tag("optuna.state", "complete")
         return value
@@ -175,6 +166,35 @@ def run_tuning(
                        callbacks=[_log_pruned])
         _log_study(study, parent.info.run_id)
     return study
+
+
+def _score_folds(trial: optuna.Trial, metric: str, method, parts: dict[int, dict], pool, source: SlideSource,
+                 train_cfg: TrainConfig, class_names: list[str]) -> float:
+    """The trial's value: the mean validation ``metric`` over the folds, reported fold by fold in order (the
+    running mean) so a pruned trial stops after the same fold whether the folds train here or in ``pool``."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    scores = []
+    for k, fold in enumerate(parts):
+        if isinstance(pool, FoldPool):
+            res = pool.result(fold)
+            for row in res.history:  # the per-epoch metrics the in-process sink would have logged live
+                mlflow.log_metrics({m: v for m, v in row.items() if m != "epoch"}, step=int(row["epoch"]))
+        else:
+            callbacks = [PyTorchLightningPruningCallback(trial, monitor=method.monitor)] if len(parts) == 1 else []
+            res = train_fold(fold, method, parts[fold], source, train_cfg, class_names,
+                             metric_sink=lambda m, step: mlflow.log_metrics(m, step=step), extra_callbacks=callbacks)
+        val = res.predictions[res.predictions.split == "val"]
+        metrics = slide_metrics(val["label"].to_numpy(), val[[f"prob_{c}" for c in class_names]].to_numpy())
+        metrics["loss"] = res.best_val_loss
+        scores.append(metrics[metric.removeprefix("val_")])
+        mlflow.log_metric(f"fold_{metric}", scores[-1], step=k)
+        if len(parts) > 1:  # prune on the running mean over the folds scored so far
+            trial.report(float(np.nanmean(scores)), step=k)
+            if trial.should_prune():
+                mlflow.set_tag("optuna.state", "pruned")
+                raise optuna.TrialPruned(f"mean {metric} after {k + 1} folds")
+    return float(np.nanmean(scores))
 
 
 def _log_pruned(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
