@@ -18,6 +18,7 @@ weights and the kept encoder on identical tiles. The summary records both figure
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -45,45 +46,52 @@ def training_only(slides, split_cfg: dict, folds: list[int] | None = None) -> tu
     return keep, clean
 
 
-def tumour_fractions(row: pd.Series, coords: np.ndarray, level0_px: int) -> np.ndarray | None:
-    """Share of each tile's footprint inside the slide's ground-truth tumour mask (None without a mask)."""
+def probe_candidates(row: pd.Series, layer, label: int, normal: int, probe_p: dict):
+    """A slide's probe tiles and their ground-truth labels (-1 = dropped): a normal slide's tiling-grid tiles;
+    for a tumour slide with a mask, tiles on a ``level0_px / tumour_grid_div`` grid over its tumour (labelled
+    by mask share), since its tiling grid holds only a few tumour tiles."""
     from slidemil.evaluation.localisation import tile_tumour_fraction
+    from slidemil.pretrain.probe import ground_truth_tile_labels, tumour_grid
 
+    px, thr = int(layer.geometry.level0_px), float(probe_p.get("tumour_fraction", 0.5))
     mask_path = row.get("abs_tumour_mask")
-    if not isinstance(mask_path, str) or not mask_path:
-        return None
-    mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        return None
-    return tile_tumour_fraction(coords, level0_px, mask > 127, float(row["mask_downsample"]))
+    mask = cv2.imread(mask_path, cv2.IMREAD_GRAYSCALE) if isinstance(mask_path, str) and mask_path else None
+    if label == normal or mask is None:
+        coords = layer.coords
+        fractions = None
+    else:
+        ds = float(row["mask_downsample"])
+        coords = tumour_grid(mask > 127, ds, px, max(1, px // int(probe_p.get("tumour_grid_div", 4))))
+        fractions = tile_tumour_fraction(coords, px, mask > 127, ds)
+    labels = ground_truth_tile_labels(label, normal, fractions, len(coords), thr)
+    return dataclasses.replace(layer, coords=coords, tissue_coverage=np.zeros(len(coords), np.float32)), labels
 
 
 def held_out_slides(slides: pd.DataFrame, split_cfg: dict, fold: int) -> list[str]:
     """Validation and test slides of ``fold`` (the probe's scoring slides: a clean fold's are unseen)."""
     splits = make_splits(slides, SplitConfig(**split_cfg))
-    part = splits[(splits.fold == fold) & (splits.split != "train")]
-    return [s for s in slides["slide_id"] if s in set(part.slide_id)]
+    part = set(splits.loc[(splits.fold == fold) & (splits.split != "train"), "slide_id"])
+    return [s for s in slides["slide_id"] if s in part]
 
 
 def ground_truth_probe(slides: pd.DataFrame, store: SlideStore, fit_ids: list[str], score_ids: list[str],
                        classes: list[str], cfg: PretrainConfig, probe_p: dict, checkpoint: Path) -> dict:
     """Probe AUC / balanced accuracy of the start and the trained encoder (fit: ``fit_ids``' tiles, scored on
-    ``score_ids``' tiles, class-balanced on both sides)."""
+    ``score_ids``' tiles, class-balanced on both sides, each tile read once for both encoders)."""
     from slidemil.encoders import build_encoder
-    from slidemil.pretrain.probe import balanced_picks, embed_tiles, ground_truth_tile_labels, linear_probe
+    from slidemil.pretrain.probe import balanced_picks, embed_tiles, linear_probe
 
     man = slides.set_index("slide_id")
     normal = classes.index(probe_p.get("normal_class", "normal"))
     rng = np.random.default_rng(cfg.seed + 3)
     parts, out = {}, {"fit_slides": len(fit_ids), "score_slides": len(score_ids)}
     for part, ids in (("fit", fit_ids), ("score", score_ids)):
-        layers = [store.tile_set(sid, "tiles") for sid in ids]
-        labels = [ground_truth_tile_labels(classes.index(man.at[sid, "label"]), normal,
-                                           tumour_fractions(man.loc[sid], t.coords, t.geometry.level0_px), len(t),
-                                           float(probe_p.get("tumour_fraction", 0.5)))
-                  for sid, t in zip(ids, layers, strict=True)]
-        picks, y = balanced_picks(labels, int(probe_p["tiles_per_class"]), rng)
-        parts[part] = (store_reader([{"tiles": t} for t in layers]), picks, y)
+        cands = [probe_candidates(man.loc[sid], store.tile_set(sid, "tiles"), classes.index(man.at[sid, "label"]),
+                                  normal, probe_p) for sid in ids]
+        picks, y = balanced_picks([lab for _, lab in cands], int(probe_p["tiles_per_class"]), rng)
+        read = store_reader([{"tiles": layer} for layer, _ in cands])
+        cache = {(i, r): read(i, "tiles", r) for i, r in picks}
+        parts[part] = (lambda i, name, r, c=cache: c[(i, r)], picks, y)
         out[f"n_{part}_tiles"] = len(picks)
         out[f"n_{part}_tiles_per_class"] = {classes[c]: int((y == c).sum()) for c in np.unique(y)}
     px = probe_p.get("input_px") or cfg.input_px

@@ -265,6 +265,23 @@ def test_ground_truth_tile_labels_on_a_hand_made_mask():
         ground_truth_tile_labels(1, 0, frac, 5)
 
 
+def test_tumour_grid_covers_the_tumour_with_shifted_tiles():
+    """A 20x20-mask-px tumour (ds 10: 200 level-0 px) at mask (30, 40): a stride-25 grid of 100-px tiles gives
+    every corner whose tile overlaps the tumour's box, and 69 of them are >= 50 % tumour (vs 4 on the
+    100-px tiling grid)."""
+    from slidemil.evaluation.localisation import tile_tumour_fraction
+    from slidemil.pretrain.probe import ground_truth_tile_labels, tumour_grid
+
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[40:60, 30:50] = True
+    grid = tumour_grid(mask, 10.0, 100, 25)
+    assert grid[:, 0].min() == 225 and grid[:, 0].max() == 475 and grid[:, 1].min() == 325
+    labels = ground_truth_tile_labels(1, 0, tile_tumour_fraction(grid, 100, mask, 10.0), len(grid))
+    # per axis the 11 corners overlap 25, 50, 75, 100 x5, 75, 50, 25 px: pairs with product >= 5000 px^2
+    assert (labels == 1).sum() == 5 * 9 + 2 * 7 + 2 * 5
+    assert tumour_grid(np.zeros((5, 5), dtype=bool), 10.0, 100, 25).shape == (0, 2)
+
+
 def test_balanced_picks_equalise_classes_and_spread_over_slides():
     from slidemil.pretrain.probe import balanced_picks
 

@@ -50,6 +50,20 @@ def ground_truth_tile_labels(slide_label: int, normal_label: int, fractions: np.
     return np.where(np.isfinite(f) & (f >= threshold), slide_label, -1).astype(np.int64)
 
 
+def tumour_grid(mask: np.ndarray, mask_downsample: float, level0_px: int, stride: int) -> np.ndarray:
+    """Top-left level-0 corners of ``level0_px`` tiles on a ``stride`` grid over the mask's tumour bounding box
+    (tiles may overlap): a tumour slide's few tiling-grid tumour tiles are too few for a probe, so it reads
+    more, shifted, crops of the same tumour. Label them with :func:`ground_truth_tile_labels`."""
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    lo = np.floor(np.array([xs.min(), ys.min()]) * mask_downsample) - level0_px + stride
+    hi = np.ceil((np.array([xs.max(), ys.max()]) + 1) * mask_downsample)
+    gx, gy = (np.arange(max(0.0, lo[k]), hi[k], stride) for k in (0, 1))
+    xx, yy = np.meshgrid(gx, gy)
+    return np.stack([xx.ravel(), yy.ravel()], 1).astype(np.int64)
+
+
 def balanced_picks(labels: Sequence[np.ndarray], per_class: int,
                    rng: np.random.Generator) -> tuple[list[tuple[int, int]], np.ndarray]:
     """(slide index, row) picks with as many tiles of every class present (the rarest class's count, at most
