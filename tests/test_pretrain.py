@@ -242,3 +242,65 @@ def test_pretrain_records_the_probe_of_start_and_trained_encoder(tmp_path):
     assert again.record["weights_id"] == rec["weights_id"]  # same data and seed: the same checkpoint file
     assert (probe["n_fit_tiles"], probe["n_val_tiles"]) == (16, 8)
     assert 0.0 <= probe["start_auc"] <= 1.0 and 0.0 <= probe["trained_auc"] <= 1.0
+
+
+def test_ground_truth_tile_labels_on_a_hand_made_mask():
+    """Four 100-px tiles over a mask (downsample 10) whose tumour covers tile 0 fully, 60 % of tile 1, 30 % of
+    tile 2 and none of tile 3: a tumour slide keeps tiles 0 and 1 as its class, a normal slide keeps all."""
+    from slidemil.evaluation.localisation import tile_tumour_fraction
+    from slidemil.pretrain.probe import ground_truth_tile_labels
+
+    mask = np.zeros((10, 40), dtype=bool)  # 10 level-0 px per mask px: the four tiles side by side
+    mask[:, 0:10] = True
+    mask[:, 10:16] = True
+    mask[:, 20:23] = True
+    coords = np.array([[0, 0], [100, 0], [200, 0], [300, 0]])
+    frac = tile_tumour_fraction(coords, 100, mask, 10.0)
+    np.testing.assert_allclose(frac, [1.0, 0.6, 0.3, 0.0])
+    assert ground_truth_tile_labels(2, 0, frac, 4).tolist() == [2, 2, -1, -1]
+    assert ground_truth_tile_labels(2, 0, frac, 4, threshold=0.25).tolist() == [2, 2, 2, -1]
+    assert ground_truth_tile_labels(0, 0, frac, 4).tolist() == [0, 0, 0, 0]  # normal slide: every tile
+    assert ground_truth_tile_labels(1, 0, None, 3).tolist() == [-1, -1, -1]  # tumour slide, no mask
+    with pytest.raises(ValueError):
+        ground_truth_tile_labels(1, 0, frac, 5)
+
+
+def test_tumour_grid_covers_the_tumour_with_shifted_tiles():
+    """A 20x20-mask-px tumour (ds 10: 200 level-0 px) at mask (30, 40): a stride-25 grid of 100-px tiles gives
+    every corner whose tile overlaps the tumour's box, and 69 of them are >= 50 % tumour (vs 4 on the
+    100-px tiling grid)."""
+    from slidemil.evaluation.localisation import tile_tumour_fraction
+    from slidemil.pretrain.probe import ground_truth_tile_labels, tumour_grid
+
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[40:60, 30:50] = True
+    grid = tumour_grid(mask, 10.0, 100, 25)
+    assert grid[:, 0].min() == 225 and grid[:, 0].max() == 475 and grid[:, 1].min() == 325
+    labels = ground_truth_tile_labels(1, 0, tile_tumour_fraction(grid, 100, mask, 10.0), len(grid))
+    # per axis the 11 corners overlap 25, 50, 75, 100 x5, 75, 50, 25 px: pairs with product >= 5000 px^2
+    assert (labels == 1).sum() == 5 * 9 + 2 * 7 + 2 * 5
+    assert tumour_grid(np.zeros((5, 5), dtype=bool), 10.0, 100, 25).shape == (0, 2)
+
+
+def test_balanced_picks_equalise_classes_and_spread_over_slides():
+    from slidemil.pretrain.probe import balanced_picks
+
+    labels = [np.array([0] * 50), np.array([0] * 5), np.array([1, 1, -1, 1, -1, 1]), np.array([2] * 3 + [-1] * 9)]
+    picks, y = balanced_picks(labels, 100, np.random.default_rng(0))
+    assert np.bincount(y).tolist() == [3, 3, 3]  # the rarest class (2: three tiles) sets the count
+    assert all(labels[i][r] == c for (i, r), c in zip(picks, y, strict=True))
+    assert {i for (i, _), c in zip(picks, y, strict=True) if c == 0} == {0, 1}  # both normal slides used
+    picks, y = balanced_picks(labels, 2, np.random.default_rng(0))
+    assert np.bincount(y).tolist() == [2, 2, 2] and len(set(picks)) == 6
+
+
+def test_linear_probe_reports_auc_and_balanced_accuracy():
+    from slidemil.pretrain.probe import linear_probe
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 30)
+    x = rng.normal(size=(90, 8)) + 3.0 * np.eye(8)[y]
+    res = linear_probe(x, y, x + rng.normal(scale=0.1, size=x.shape), y)
+    assert res["auc"] > 0.99 and res["balanced_accuracy"] > 0.95
+    noise = linear_probe(rng.normal(size=(90, 8)), y, rng.normal(size=(90, 8)), y)
+    assert 0.2 < noise["auc"] < 0.8 and noise["balanced_accuracy"] < 0.6
