@@ -191,3 +191,36 @@ def legend_payload(record: SlideRecord, layer: ScoreLayer, cmap: str) -> dict:
     title, _, _ = legend_labels(layer)
     return {"title": title, "ticks": legend_ticks(layer), "caption": legend_caption(layer, record.model_label),
             "model": record.model_label, "colours": colour_stops(cmap), "relative": layer.relative}
+
+
+def segment_colours(n_groups: int, unsegmented: int = -1) -> np.ndarray:
+    """(G, 3) uint8 distinct colours per segment group (golden-ratio hues, so neighbours in id differ); the
+    sentinel "unsegmented" group is grey."""
+    hue = (np.arange(n_groups) * 0.618033988749895 % 1.0 * 180).astype(np.uint8)
+    hsv = np.stack([hue, np.full(n_groups, 200, np.uint8), np.full(n_groups, 230, np.uint8)], axis=1)
+    rgb = cv2.cvtColor(hsv.reshape(-1, 1, 3), cv2.COLOR_HSV2RGB).reshape(-1, 3) if n_groups else hsv
+    if 0 <= unsegmented < n_groups:
+        rgb[unsegmented] = (128, 128, 128)
+    return rgb
+
+
+def segments_rgba(thumbnail_shape: tuple[int, int], coords: np.ndarray, level0_px: int, downsample: float,
+                  group: np.ndarray, unsegmented: int = -1, alpha: float = 0.55) -> np.ndarray:
+    """(H, W, 4) uint8 overlay drawing each tile in the colour of its smallest segment, semi-transparent, for
+    the Slides page's "Segments" toggle. ``coords`` are level-0 tile origins, ``downsample`` the thumbnail's."""
+    h, w = thumbnail_shape[:2]
+    out = np.zeros((h, w, 4), dtype=np.uint8)
+    group = np.asarray(group, dtype=np.int64)
+    if group.size == 0:
+        return out
+    colours = segment_colours(int(group.max()) + 1, unsegmented)
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    x0 = np.clip(np.floor(coords[:, 0] / downsample), 0, w).astype(int)
+    y0 = np.clip(np.floor(coords[:, 1] / downsample), 0, h).astype(int)
+    x1 = np.clip(np.ceil((coords[:, 0] + level0_px) / downsample), 0, w).astype(int)
+    y1 = np.clip(np.ceil((coords[:, 1] + level0_px) / downsample), 0, h).astype(int)
+    a = int(round(255 * alpha))
+    for i in range(group.size):
+        out[y0[i]:y1[i], x0[i]:x1[i], :3] = colours[group[i]]
+        out[y0[i]:y1[i], x0[i]:x1[i], 3] = a
+    return out
