@@ -47,6 +47,7 @@ class SlideRecord(ScoredSlide):
     thumb_downsample: float = 1.0  # level-0 px per thumbnail px
     slide_path: str = ""  # the slide file the stage read ("" in records from before the viewer)
     ground_truth: str | None = None  # file name of the copied ground-truth GeoJSON beside the record
+    segments: dict | None = None  # SAM-MIL families: segmenter id, smallest segment per tile, group areas
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SlideRecord:
@@ -58,7 +59,7 @@ class SlideRecord(ScoredSlide):
                        family=str(d["family"]), fold=int(d["fold"]),
                        slide_dims=(int(d["slide_width"]), int(d["slide_height"])),
                        thumb_downsample=float(d["thumb_downsample"]), slide_path=str(d.get("slide_path") or ""),
-                       ground_truth=d.get("ground_truth"))
+                       ground_truth=d.get("ground_truth"), segments=d.get("segments"))
         except KeyError as e:
             raise ValueError(f"record.json has no {e.args[0]!r}") from e
 
@@ -224,3 +225,13 @@ def segments_rgba(thumbnail_shape: tuple[int, int], coords: np.ndarray, level0_p
         out[y0[i]:y1[i], x0[i]:x1[i], :3] = colours[group[i]]
         out[y0[i]:y1[i], x0[i]:x1[i], 3] = a
     return out
+
+
+def segments_image(thumb: np.ndarray, record: SlideRecord, alpha: float = 0.55) -> np.ndarray:
+    """The thumbnail with the record's tiles coloured by segment (alpha-blended), RGB uint8."""
+    seg = record.segments or {}
+    view = record.tile_sets[seg.get("tile_set", "tiles")]
+    rgba = segments_rgba(thumb.shape[:2], view.coords, view.level0_px, record.thumb_downsample,
+                         np.asarray(seg.get("group", []), dtype=np.int64), int(seg.get("unsegmented", -1)), alpha)
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    return (thumb[..., :3] * (1 - a) + rgba[..., :3] * a).astype(np.uint8)

@@ -827,3 +827,36 @@ def test_project_paths_follow_params_and_env(tmp_path, monkeypatch):
     assert p.registered_model_name == "from-env" and p.tracking_uri == "http://127.0.0.1:5000"
     assert da.store_problem(p.tracking_uri) is None
     assert "No MLflow store at" in da.store_problem(f"sqlite:///{tmp_path}/x.db")
+
+
+def test_slides_page_segments_toggle(dashboard_project, monkeypatch):
+    """A record with the stage's ``segments`` entry (real Segments through the stage's helper) gets a toggle
+    named by its real segmenter; on, it draws the tiles coloured by segment over the thumbnail."""
+    from pipelines.heatmaps import segments_entry
+    from slidemil.methods import SlideData, TileSetView
+    from slidemil.methods.sammil import SamMILMethod
+    from slidemil.segmenters.segments import from_groups
+
+    f = dashboard_project
+    path = f["root"] / "data" / "heatmaps" / "s00" / "models" / "clam_sb" / "record.json"
+    original = path.read_text()
+    coords = f["coords"].astype(np.int64)
+    n = len(coords)
+    seg = from_groups(n, [np.arange(0, n // 2), np.arange(n // 3, n - 2)], [400.0, 300.0], 1.0)
+    slide = SlideData("s00", None, {"tiles": TileSetView(coords, TILE_L0)}, {"tiles": np.zeros((n, 4), np.float32)},
+                      {"segments": seg})
+    record = json.loads(original)
+    record["segments"] = segments_entry(slide, SamMILMethod, "kmeans")
+    try:
+        path.write_text(json.dumps(record))
+        at = _app(f["root"], monkeypatch, "slides")
+        toggle = at.toggle(key="segments_layer")
+        assert toggle.label == "Segments (kmeans)" and "SAM" not in toggle.label
+        n_images = len(_image_captions(at))
+        toggle.set_value(True).run()
+        _no_exception(at)
+        captions = _image_captions(at)
+        assert len(captions) == n_images + 1
+        assert any(c.startswith("s00: 2 segments of segmenter kmeans") for c in captions), captions
+    finally:
+        path.write_text(original)
