@@ -235,3 +235,15 @@ def segments_image(thumb: np.ndarray, record: SlideRecord, alpha: float = 0.55) 
                          np.asarray(seg.get("group", []), dtype=np.int64), int(seg.get("unsegmented", -1)), alpha)
     a = rgba[..., 3:4].astype(np.float32) / 255.0
     return (thumb[..., :3] * (1 - a) + rgba[..., :3] * a).astype(np.uint8)
+
+
+def scale_layers(record: ScoredSlide) -> list[tuple[str, str]]:
+    """Multi-scale records (MSA: child tiles and their parents on another tile set): the first layer of each
+    tile set with a caption naming the scale and tile size, to show the maps side by side; [] for one scale."""
+    seen: dict[str, str] = {}
+    for la in record.layers:
+        seen.setdefault(la.tile_set, la.name)
+    if len(seen) < 2:
+        return []
+    return [(name, f"{ts} scale: {name}, {record.tile_sets[ts].level0_px} level-0 px tiles "
+                   f"({len(record.tile_sets[ts])} tiles)") for ts, name in seen.items()]

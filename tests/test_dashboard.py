@@ -860,3 +860,31 @@ def test_slides_page_segments_toggle(dashboard_project, monkeypatch):
         assert any(c.startswith("s00: 2 segments of segmenter kmeans") for c in captions), captions
     finally:
         path.write_text(original)
+
+
+def test_slides_page_msa_parent_and_child_side_by_side(dashboard_project, monkeypatch):
+    """An MSA-style record (child attention on ``tiles``, parent contributions on ``parents``, as
+    ``ScoredSlide.record()`` writes it) shows both maps side by side, captioned with scale and tile size."""
+    from slidemil.methods import ScoreLayer
+
+    f = dashboard_project
+    path = f["root"] / "data" / "heatmaps" / "s00" / "models" / "clam_sb" / "record.json"
+    original = path.read_text()
+    record = json.loads(original)
+    coords = f["coords"].astype(np.int64)
+    parents = np.unique(coords // (2 * TILE_L0), axis=0) * 2 * TILE_L0
+    rng = np.random.default_rng(0)
+    record["tile_sets"]["parents"] = {"coords": parents.tolist(), "level0_px": 2 * TILE_L0}
+    record["layers"] = [
+        ScoreLayer("child_attention", "tiles", rng.random(len(coords)), "attention", record["label"]).to_dict(),
+        ScoreLayer("parent_contribution", "parents", rng.normal(size=len(parents)), "contribution",
+                   record["label"]).to_dict()]
+    try:
+        path.write_text(json.dumps(record))
+        at = _app(f["root"], monkeypatch, "slides")
+        captions = _image_captions(at)
+        assert f"s00: tiles scale: child_attention, {TILE_L0} level-0 px tiles ({len(coords)} tiles)" in captions
+        assert (f"s00: parents scale: parent_contribution, {2 * TILE_L0} level-0 px tiles ({len(parents)} tiles)"
+                in captions), captions
+    finally:
+        path.write_text(original)

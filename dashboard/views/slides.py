@@ -152,6 +152,13 @@ def heatmap(family: str, rec: hv.SlideRecord | None, problem: str | None, key: s
     st.caption(f"Layer `{layer.name}`: {hv.layer_summary(layer)}. {hv.colour_meaning(layer)}."
                + (f" {layer.description}" if layer.description else ""))
     st.caption(note)
+    scales = hv.scale_layers(rec)
+    if scales:  # MSA: parent and child maps side by side
+        for col, (name, caption) in zip(st.columns(len(scales)), scales, strict=True):
+            scale_img, _ = overlay(str(folder), stamp, family, name, cmap, round(alpha, 2), blur, show_contours,
+                                   rec, str(tissue_path))
+            if scale_img is not None:
+                col.image(scale_img, width="stretch", caption=f"{slide}: {caption}")
     segments(rec, key)
 
 
