@@ -47,6 +47,7 @@ class SlideRecord(ScoredSlide):
     thumb_downsample: float = 1.0  # level-0 px per thumbnail px
     slide_path: str = ""  # the slide file the stage read ("" in records from before the viewer)
     ground_truth: str | None = None  # file name of the copied ground-truth GeoJSON beside the record
+    segments: dict | None = None  # SAM-MIL families: segmenter id, smallest segment per tile, group areas
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SlideRecord:
@@ -58,7 +59,7 @@ class SlideRecord(ScoredSlide):
                        family=str(d["family"]), fold=int(d["fold"]),
                        slide_dims=(int(d["slide_width"]), int(d["slide_height"])),
                        thumb_downsample=float(d["thumb_downsample"]), slide_path=str(d.get("slide_path") or ""),
-                       ground_truth=d.get("ground_truth"))
+                       ground_truth=d.get("ground_truth"), segments=d.get("segments"))
         except KeyError as e:
             raise ValueError(f"record.json has no {e.args[0]!r}") from e
 
@@ -191,3 +192,58 @@ def legend_payload(record: SlideRecord, layer: ScoreLayer, cmap: str) -> dict:
     title, _, _ = legend_labels(layer)
     return {"title": title, "ticks": legend_ticks(layer), "caption": legend_caption(layer, record.model_label),
             "model": record.model_label, "colours": colour_stops(cmap), "relative": layer.relative}
+
+
+def segment_colours(n_groups: int, unsegmented: int = -1) -> np.ndarray:
+    """(G, 3) uint8 distinct colours per segment group (golden-ratio hues, so neighbours in id differ); the
+    sentinel "unsegmented" group is grey."""
+    hue = (np.arange(n_groups) * 0.618033988749895 % 1.0 * 180).astype(np.uint8)
+    hsv = np.stack([hue, np.full(n_groups, 200, np.uint8), np.full(n_groups, 230, np.uint8)], axis=1)
+    rgb = cv2.cvtColor(hsv.reshape(-1, 1, 3), cv2.COLOR_HSV2RGB).reshape(-1, 3) if n_groups else hsv
+    if 0 <= unsegmented < n_groups:
+        rgb[unsegmented] = (128, 128, 128)
+    return rgb
+
+
+def segments_rgba(thumbnail_shape: tuple[int, int], coords: np.ndarray, level0_px: int, downsample: float,
+                  group: np.ndarray, unsegmented: int = -1, alpha: float = 0.55) -> np.ndarray:
+    """(H, W, 4) uint8 overlay drawing each tile in the colour of its smallest segment, semi-transparent, for
+    the Slides page's "Segments" toggle. ``coords`` are level-0 tile origins, ``downsample`` the thumbnail's."""
+    h, w = thumbnail_shape[:2]
+    out = np.zeros((h, w, 4), dtype=np.uint8)
+    group = np.asarray(group, dtype=np.int64)
+    if group.size == 0:
+        return out
+    colours = segment_colours(int(group.max()) + 1, unsegmented)
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    x0 = np.clip(np.floor(coords[:, 0] / downsample), 0, w).astype(int)
+    y0 = np.clip(np.floor(coords[:, 1] / downsample), 0, h).astype(int)
+    x1 = np.clip(np.ceil((coords[:, 0] + level0_px) / downsample), 0, w).astype(int)
+    y1 = np.clip(np.ceil((coords[:, 1] + level0_px) / downsample), 0, h).astype(int)
+    a = int(round(255 * alpha))
+    for i in range(group.size):
+        out[y0[i]:y1[i], x0[i]:x1[i], :3] = colours[group[i]]
+        out[y0[i]:y1[i], x0[i]:x1[i], 3] = a
+    return out
+
+
+def segments_image(thumb: np.ndarray, record: SlideRecord, alpha: float = 0.55) -> np.ndarray:
+    """The thumbnail with the record's tiles coloured by segment (alpha-blended), RGB uint8."""
+    seg = record.segments or {}
+    view = record.tile_sets[seg.get("tile_set", "tiles")]
+    rgba = segments_rgba(thumb.shape[:2], view.coords, view.level0_px, record.thumb_downsample,
+                         np.asarray(seg.get("group", []), dtype=np.int64), int(seg.get("unsegmented", -1)), alpha)
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    return (thumb[..., :3] * (1 - a) + rgba[..., :3] * a).astype(np.uint8)
+
+
+def scale_layers(record: ScoredSlide) -> list[tuple[str, str]]:
+    """Multi-scale records (MSA: child tiles and their parents on another tile set): the first layer of each
+    tile set with a caption naming the scale and tile size, to show the maps side by side; [] for one scale."""
+    seen: dict[str, str] = {}
+    for la in record.layers:
+        seen.setdefault(la.tile_set, la.name)
+    if len(seen) < 2:
+        return []
+    return [(name, f"{ts} scale: {name}, {record.tile_sets[ts].level0_px} level-0 px tiles "
+                   f"({len(record.tile_sets[ts])} tiles)") for ts, name in seen.items()]

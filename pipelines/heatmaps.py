@@ -89,6 +89,9 @@ def main() -> int:
             record = {**sc.record(h["top_k"]), "fold": fold, "family": fam,
                       "true_label": manifest.at[r.slide_id, "label"], "slide_width": dims[0], "slide_height": dims[1],
                       "thumb_downsample": ds, "slide_path": str(tiles.slide_path), "ground_truth": truth}
+            seg = segments_entry(slide, scorers[fam, fold].method, p.get("segment", {}).get("segmenter"))
+            if seg is not None:
+                record["segments"] = seg
             write_json_atomic(out / "models" / fam / "record.json", record)
             if fam == family:
                 write_json_atomic(out / "record.json", record)
@@ -108,6 +111,20 @@ def main() -> int:
     log.info("%d heatmaps (%s); localisation AUROC %s over %d tumour slides", len(index), ", ".join(families),
              metrics[family]["localisation_auroc"]["mean"], len(loc))
     return 0
+
+
+def segments_entry(slide, method, segmenter: str | None) -> dict | None:
+    """The slide's tile -> smallest-segment memberships for a family whose method reads the ``segments`` layer
+    (SAM-MIL), so the dashboard can draw them beside its heatmap; None for other methods. ``segmenter`` is the
+    id as configured (kmeans / slic / sam:...), shown as is so a k-means run is never called SAM."""
+    if not any(spec.kind == "segments" for spec in getattr(method, "required_layers", ())):
+        return None
+    seg = slide.layers.get("segments")
+    if seg is None:
+        return None
+    return {"segmenter": str(segmenter or "unknown"), "tile_set": "tiles",
+            "group": seg.smallest_group().astype(int).tolist(), "group_area": seg.group_area.tolist(),
+            "unsegmented": int(seg.unsegmented), "n_segments": int(seg.n_segments)}
 
 
 def _painted_families(family: str, families: list[str], png_models: list[str] | None) -> list[str]:

@@ -827,3 +827,64 @@ def test_project_paths_follow_params_and_env(tmp_path, monkeypatch):
     assert p.registered_model_name == "from-env" and p.tracking_uri == "http://127.0.0.1:5000"
     assert da.store_problem(p.tracking_uri) is None
     assert "No MLflow store at" in da.store_problem(f"sqlite:///{tmp_path}/x.db")
+
+
+def test_slides_page_segments_toggle(dashboard_project, monkeypatch):
+    """A record with the stage's ``segments`` entry (real Segments through the stage's helper) gets a toggle
+    named by its real segmenter; on, it draws the tiles coloured by segment over the thumbnail."""
+    from pipelines.heatmaps import segments_entry
+    from slidemil.methods import SlideData, TileSetView
+    from slidemil.methods.sammil import SamMILMethod
+    from slidemil.segmenters.segments import from_groups
+
+    f = dashboard_project
+    path = f["root"] / "data" / "heatmaps" / "s00" / "models" / "clam_sb" / "record.json"
+    original = path.read_text()
+    coords = f["coords"].astype(np.int64)
+    n = len(coords)
+    seg = from_groups(n, [np.arange(0, n // 2), np.arange(n // 3, n - 2)], [400.0, 300.0], 1.0)
+    slide = SlideData("s00", None, {"tiles": TileSetView(coords, TILE_L0)}, {"tiles": np.zeros((n, 4), np.float32)},
+                      {"segments": seg})
+    record = json.loads(original)
+    record["segments"] = segments_entry(slide, SamMILMethod, "kmeans")
+    try:
+        path.write_text(json.dumps(record))
+        at = _app(f["root"], monkeypatch, "slides")
+        toggle = at.toggle(key="segments_layer")
+        assert toggle.label == "Segments (kmeans)" and "SAM" not in toggle.label
+        n_images = len(_image_captions(at))
+        toggle.set_value(True).run()
+        _no_exception(at)
+        captions = _image_captions(at)
+        assert len(captions) == n_images + 1
+        assert any(c.startswith("s00: 2 segments of segmenter kmeans") for c in captions), captions
+    finally:
+        path.write_text(original)
+
+
+def test_slides_page_msa_parent_and_child_side_by_side(dashboard_project, monkeypatch):
+    """An MSA-style record (child attention on ``tiles``, parent contributions on ``parents``, as
+    ``ScoredSlide.record()`` writes it) shows both maps side by side, captioned with scale and tile size."""
+    from slidemil.methods import ScoreLayer
+
+    f = dashboard_project
+    path = f["root"] / "data" / "heatmaps" / "s00" / "models" / "clam_sb" / "record.json"
+    original = path.read_text()
+    record = json.loads(original)
+    coords = f["coords"].astype(np.int64)
+    parents = np.unique(coords // (2 * TILE_L0), axis=0) * 2 * TILE_L0
+    rng = np.random.default_rng(0)
+    record["tile_sets"]["parents"] = {"coords": parents.tolist(), "level0_px": 2 * TILE_L0}
+    record["layers"] = [
+        ScoreLayer("child_attention", "tiles", rng.random(len(coords)), "attention", record["label"]).to_dict(),
+        ScoreLayer("parent_contribution", "parents", rng.normal(size=len(parents)), "contribution",
+                   record["label"]).to_dict()]
+    try:
+        path.write_text(json.dumps(record))
+        at = _app(f["root"], monkeypatch, "slides")
+        captions = _image_captions(at)
+        assert f"s00: tiles scale: child_attention, {TILE_L0} level-0 px tiles ({len(coords)} tiles)" in captions
+        assert (f"s00: parents scale: parent_contribution, {2 * TILE_L0} level-0 px tiles ({len(parents)} tiles)"
+                in captions), captions
+    finally:
+        path.write_text(original)

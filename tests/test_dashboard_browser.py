@@ -244,3 +244,47 @@ def test_slide_viewer_worklist_and_side_by_side_in_chromium(dashboard_url, dashb
             page.get_by_text("2 of 2 slides").wait_for()
         finally:
             browser.close()
+
+
+def test_segments_toggle_in_chromium(dashboard_url, dashboard_project):  # noqa: F811
+    """A SAM-MIL-style record (the stage's ``segments`` entry): clicking "Segments (kmeans)" draws the tiles
+    coloured by segment as one more image."""
+    import json
+
+    import numpy as np
+
+    from pipelines.heatmaps import segments_entry
+    from slidemil.methods import SlideData, TileSetView
+    from slidemil.methods.sammil import SamMILMethod
+    from slidemil.segmenters.segments import from_groups
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="`pip install playwright` (no browser download)")
+    f = dashboard_project
+    path = f["root"] / "data" / "heatmaps" / "s00" / "models" / "clam_sb" / "record.json"
+    original = path.read_text()
+    coords = f["coords"].astype(np.int64)
+    n = len(coords)
+    seg = from_groups(n, [np.arange(0, n // 2), np.arange(n // 2, n - 3)], [400.0, 300.0], 1.0)
+    slide = SlideData("s00", None, {"tiles": TileSetView(coords, 256)}, {"tiles": np.zeros((n, 4), np.float32)},
+                      {"segments": seg})
+    path.write_text(json.dumps({**json.loads(original), "segments": segments_entry(slide, SamMILMethod, "kmeans")}))
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1200})
+                page.set_default_timeout(60_000)
+                page.goto(dashboard_url)
+                page.locator('[data-testid="stSidebarNav"]').get_by_text("Slides", exact=True).click()
+                toggle = page.get_by_text("Segments (kmeans)", exact=True).first
+                toggle.wait_for()
+                toggle.click()
+                caption = page.get_by_text("2 segments of segmenter kmeans", exact=False).first
+                caption.wait_for()
+                img = page.locator('[data-testid="stImage"]', has_text="segmenter kmeans").locator("img").first
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle())
+                assert img.evaluate("img => img.naturalWidth") >= 512
+            finally:
+                browser.close()
+    finally:
+        path.write_text(original)

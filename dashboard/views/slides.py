@@ -4,6 +4,7 @@ the prediction and top tiles. Every number names the exact model (family + the f
 
 from __future__ import annotations
 
+import cv2
 import matplotlib
 import pandas as pd
 import streamlit as st
@@ -151,6 +152,27 @@ def heatmap(family: str, rec: hv.SlideRecord | None, problem: str | None, key: s
     st.caption(f"Layer `{layer.name}`: {hv.layer_summary(layer)}. {hv.colour_meaning(layer)}."
                + (f" {layer.description}" if layer.description else ""))
     st.caption(note)
+    scales = hv.scale_layers(rec)
+    if scales:  # MSA: parent and child maps side by side
+        for col, (name, caption) in zip(st.columns(len(scales)), scales, strict=True):
+            scale_img, _ = overlay(str(folder), stamp, family, name, cmap, round(alpha, 2), blur, show_contours,
+                                   rec, str(tissue_path))
+            if scale_img is not None:
+                col.image(scale_img, width="stretch", caption=f"{slide}: {caption}")
+    segments(rec, key)
+
+
+def segments(rec: hv.SlideRecord, key: str) -> None:
+    """SAM-MIL families: the slide's tiles coloured by their smallest segment, named by the real segmenter."""
+    seg = rec.segments
+    if not seg or not (folder / "thumbnail.png").exists():
+        return
+    name = str(seg.get("segmenter", "unknown"))
+    if st.toggle(f"Segments ({name})", value=False, key=f"segments_{key}"):
+        thumb = cv2.cvtColor(cv2.imread(str(folder / "thumbnail.png"), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        st.image(hv.segments_image(thumb, rec), width="stretch",
+                 caption=f"{slide}: {seg.get('n_segments', '?')} segments of segmenter {name} "
+                         "(each tile in the colour of its smallest segment; grey: unsegmented)")
 
 
 # ---- heatmaps (side by side) and prediction ----------------------------------------------------------
